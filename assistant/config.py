@@ -1,0 +1,126 @@
+"""Settings and paths: one data folder holds everything the app writes.
+
+ASSISTANT_HOME overrides the platform's data folder (tests use it to stay isolated).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from assistant.errors import SettingsError
+from assistant.fileio import atomic_write_text
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful, concise assistant running privately on the user's computer."
+
+
+def data_dir() -> Path:
+    """The folder for the database, models and settings (created if missing)."""
+    override = os.environ.get("ASSISTANT_HOME")
+    if override:
+        path = Path(override).expanduser()
+    else:
+        from platformdirs import user_data_dir
+
+        path = Path(user_data_dir("assistant", appauthor=False))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def db_path(home: Path | None = None) -> Path:
+    return (home or data_dir()) / "assistant.db"
+
+
+def models_dir(home: Path | None = None) -> Path:
+    path = (home or data_dir()) / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def settings_path(home: Path | None = None) -> Path:
+    return (home or data_dir()) / "settings.toml"
+
+
+@dataclass
+class Settings:
+    """What the user can change. Empty model_path means the embedded default model."""
+
+    model_path: str = ""
+    n_ctx: int = 4096
+    n_threads: int = 0  # 0: one per physical core, as llama.cpp does best
+    n_gpu_layers: int = 0  # -1: every layer the backend can take
+    flash_attn: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_tokens: int = 512
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    theme: str = "system"  # system | light | dark
+
+    def validate(self) -> Settings:
+        """Raise SettingsError naming the first value the app cannot use."""
+        checks = [
+            (128 <= self.n_ctx <= 1_048_576, f"Context size must be between 128 and 1048576 tokens, not {self.n_ctx}."),
+            (0 <= self.n_threads <= 512, f"Threads must be 0 (automatic) or a positive number, not {self.n_threads}."),
+            (self.n_gpu_layers >= -1, f"GPU layers must be -1 (all), 0 (none) or a positive number, not {self.n_gpu_layers}."),
+            (0.0 <= self.temperature <= 5.0, f"Temperature must be between 0 and 5, not {self.temperature}."),
+            (0.0 < self.top_p <= 1.0, f"Top-p must be above 0 and at most 1, not {self.top_p}."),
+            (1 <= self.max_tokens <= 1_048_576, f"Max tokens must be at least 1, not {self.max_tokens}."),
+            (self.theme in ("system", "light", "dark"), f"Theme must be system, light or dark, not {self.theme!r}."),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SettingsError(message)
+        return self
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Settings:
+        """Build settings from loose values (a file, a form), converting types or saying why not."""
+        settings = cls()
+        known = {f.name: f for f in fields(cls)}
+        for key, value in values.items():
+            if key not in known:
+                continue  # a setting from a newer or older version: ignore, never fail to start
+            kind = type(getattr(settings, key))
+            try:
+                if kind is bool:
+                    converted = value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
+                elif kind is int and isinstance(value, float) and not value.is_integer():
+                    raise ValueError
+                else:
+                    converted = kind(value)
+            except (TypeError, ValueError):
+                raise SettingsError(f"Setting {key!r} must be a {kind.__name__}, not {value!r}.") from None
+            setattr(settings, key, converted)
+        return settings.validate()
+
+    @classmethod
+    def load(cls, home: Path | None = None) -> Settings:
+        """Read settings.toml; a missing file gives defaults, a broken one a clear error."""
+        path = settings_path(home)
+        if not path.exists():
+            return cls()
+        try:
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"The settings file {path} could not be read ({exc}). Fix or delete it.") from exc
+        return cls.from_dict(values)
+
+    def save(self, home: Path | None = None) -> None:
+        self.validate()
+        lines = [f"{key} = {_toml_value(value)}" for key, value in asdict(self).items()]
+        atomic_write_text(settings_path(home), "\n".join(lines) + "\n")
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    # A JSON string with non-ASCII escaped is a valid TOML basic string.
+    return json.dumps(str(value), ensure_ascii=True)

@@ -1,0 +1,50 @@
+"""The answer pipeline is a generator of these small events.
+
+The UI turns them into Qt signals on its worker thread; the CLI prints them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Token:
+    """A piece of the answer as it streams."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ContextTrimmed:
+    """Older turns were left out of the prompt so the conversation fits the context window."""
+
+    dropped_messages: int
+    kept_messages: int
+    n_ctx: int
+
+
+@dataclass(frozen=True)
+class Done:
+    """The answer is complete (or was stopped); the numbers are measured, not estimated."""
+
+    answer: str
+    finish_reason: str  # "stop" (model ended), "length" (token budget or context full), "cancelled"
+    prompt_tokens: int
+    reused_tokens: int  # prompt tokens served from the KV cache of the previous turn
+    completion_tokens: int
+    seconds: float
+    time_to_first_token: float
+    tokens_per_second: float  # generation speed, after the first token
+    prompt_tokens_per_second: float
+    message_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Error:
+    """Something the user can act on went wrong; the message is plain words."""
+
+    message: str
+
+
+Event = Token | ContextTrimmed | Done | Error

@@ -1,0 +1,49 @@
+"""Turn a list of messages into the prompt text the model was trained on.
+
+The template is the model's own (tokenizer.chat_template in the GGUF), rendered with a
+sandboxed Jinja environment as Hugging Face does. Models without one get ChatML, which most
+small instruct models understand.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import lru_cache
+
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class ChatFormatter:
+    def __init__(self, template: str | None, bos_token: str = "", eos_token: str = "") -> None:
+        self.template_source = template or CHATML
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+        self._template = _compile(self.template_source)
+
+    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        return self._template.render(
+            messages=messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=self.bos_token,
+            eos_token=self.eos_token,
+            raise_exception=_raise,
+            strftime_now=lambda fmt: datetime.now().strftime(fmt),
+        )
+
+
+@lru_cache(maxsize=8)
+def _compile(source: str):
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = _raise
+    return env.from_string(source)
+
+
+def _raise(message: str) -> None:
+    raise ValueError(f"The model's chat template refused the conversation: {message}")

