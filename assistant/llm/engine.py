@@ -377,11 +377,13 @@ class Generation:
             stats.seconds = time.perf_counter() - started
 
 
-def _make_sampler(lib, temperature: float, top_p: float, seed: int | None):
+def _make_sampler(lib, temperature: float, top_p: float, seed: int | None, repeat_penalty: float = 1.1):
     chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
     if temperature <= 0:
         lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
         return chain
+    # A mild repeat penalty: small models otherwise loop on a phrase ("Exiting main. Exiting main.").
+    lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_penalties(64, repeat_penalty, 0.0, 0.0))
     lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(40))
     lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(top_p, 1))
     lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_min_p(0.05, 1))

@@ -156,7 +156,10 @@ def download_model(
     with response:
         length = response.headers.get("Content-Length")
         remaining = int(length) if length and length.isdigit() else None
-        if done and response.status == 206 and _range_start(response.headers.get("Content-Range")) == done:
+        if done and response.status == 206:
+            if _range_start(response.headers.get("Content-Range")) != done:
+                part.unlink()  # not the range we asked for: appending it would corrupt the file
+                return download_model(url, dest_dir, sha256, progress, cancel, filename)
             mode = "ab"
             with open(part, "rb") as existing:
                 for block in iter(lambda: existing.read(DOWNLOAD_BLOCK), b""):
@@ -173,7 +176,7 @@ def download_model(
                         raise DownloadError("Download cancelled.")
                     try:
                         block = response.read(DOWNLOAD_BLOCK)
-                    except (TimeoutError, socket.timeout):
+                    except TimeoutError:
                         raise DownloadError(f"The download from {host} stalled (no data for {READ_TIMEOUT:.0f} "
                                             "seconds). Try again to resume it.") from None
                     except (OSError, http.client.HTTPException) as exc:
@@ -281,7 +284,7 @@ def _range_start(content_range: str | None) -> int | None:
 def _connection_message(host: str, reason: object) -> str:
     if isinstance(reason, ConnectionRefusedError):
         return f"Could not connect to {host}: the connection was refused."
-    if isinstance(reason, (TimeoutError, socket.timeout)):
+    if isinstance(reason, TimeoutError):
         return f"Could not connect to {host}: it did not answer within {READ_TIMEOUT:.0f} seconds."
     if isinstance(reason, socket.gaierror):
         return f"Could not find the server {host}. Check the address and your internet connection."

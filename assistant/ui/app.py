@@ -1,0 +1,51 @@
+"""Start the window. Heavy libraries load later, on the model worker, so the window shows fast."""
+
+from __future__ import annotations
+
+import sys
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor, QGuiApplication, QPalette
+from PySide6.QtWidgets import QApplication
+
+
+def apply_theme(theme: str) -> None:
+    """system | light | dark. Fusion renders both palettes the same on every platform."""
+    app = QApplication.instance()
+    app.setStyle("Fusion")
+    dark = theme == "dark"
+    if theme == "system":
+        dark = QGuiApplication.styleHints().colorScheme() == Qt.ColorScheme.Dark
+    app.setPalette(_dark_palette() if dark else app.style().standardPalette())
+
+
+def _dark_palette() -> QPalette:
+    p = QPalette()
+    base, window, text = QColor(30, 31, 34), QColor(43, 45, 48), QColor(223, 225, 229)
+    for role, color in [
+        (QPalette.Window, window), (QPalette.WindowText, text), (QPalette.Base, base),
+        (QPalette.AlternateBase, window), (QPalette.Text, text), (QPalette.Button, window),
+        (QPalette.ButtonText, text), (QPalette.ToolTipBase, base), (QPalette.ToolTipText, text),
+        (QPalette.Highlight, QColor(53, 116, 240)), (QPalette.HighlightedText, QColor(255, 255, 255)),
+        (QPalette.Link, QColor(110, 160, 255)), (QPalette.PlaceholderText, QColor(140, 143, 148)),
+    ]:
+        p.setColor(role, color)
+    p.setColor(QPalette.Disabled, QPalette.ButtonText, QColor(120, 120, 120))
+    p.setColor(QPalette.Disabled, QPalette.Text, QColor(120, 120, 120))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv)
+    app.setApplicationName("Assistant")
+    app.setOrganizationName("assistant")
+    app.setDesktopFileName("assistant")
+    from assistant.ui.main_window import MainWindow
+
+    window = MainWindow()
+    window.show()
+    return app.exec()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,173 @@
+"""The conversation: a scrolling column of message bubbles rendered from Markdown."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import (
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
+
+from assistant import markdown
+
+ROLE_NAMES = {"user": "You", "assistant": "Assistant", "notice": "Note", "error": "Problem"}
+
+
+class MessageBubble(QFrame):
+    editRequested = Signal(object)  # the bubble
+    regenerateRequested = Signal()
+
+    def __init__(self, role: str, text: str = "", message_id: int | None = None, dark: bool = False) -> None:
+        super().__init__()
+        self.role, self.text, self.message_id, self.dark = role, text, message_id, dark
+        self.setObjectName(f"bubble_{role}")
+        self.setFrameShape(QFrame.StyledPanel)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(10, 6, 10, 8)
+        header = QHBoxLayout()
+        self.title = QLabel(f"<b>{ROLE_NAMES.get(role, role)}</b>")
+        header.addWidget(self.title)
+        header.addStretch(1)
+        self.meta = QLabel("")
+        self.meta.setObjectName("meta")
+        header.addWidget(self.meta)
+        if role in ("user", "assistant"):
+            copy = QPushButton("Copy")
+            copy.setFlat(True)
+            copy.setToolTip("Copy this message as Markdown")
+            copy.clicked.connect(lambda: QGuiApplication.clipboard().setText(self.text))
+            header.addWidget(copy)
+        if role == "user":
+            self.edit_button = QPushButton("Edit")
+            self.edit_button.setFlat(True)
+            self.edit_button.setToolTip("Edit this question and send it again")
+            self.edit_button.clicked.connect(lambda: self.editRequested.emit(self))
+            header.addWidget(self.edit_button)
+        layout.addLayout(header)
+        self.body = QLabel()
+        self.body.setObjectName("body")
+        self.body.setWordWrap(True)
+        self.body.setTextFormat(Qt.RichText)
+        self.body.setTextInteractionFlags(Qt.TextSelectableByMouse | Qt.LinksAccessibleByMouse | Qt.TextSelectableByKeyboard)
+        self.body.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
+        self.body.linkActivated.connect(self._on_link)
+        layout.addWidget(self.body)
+        self.set_text(text)
+
+    def set_text(self, text: str) -> None:
+        self.text = text
+        if self.role in ("notice", "error"):
+            self.body.setText(f"<p>{_escape(text)}</p>")
+        elif not text:
+            self.body.setText("<p><i>…</i></p>")
+        else:
+            self.body.setText(markdown.render(text, self.dark))
+
+    def set_meta(self, text: str) -> None:
+        self.meta.setText(text)
+
+    def _on_link(self, href: str) -> None:
+        if href.startswith("copy:"):
+            blocks = markdown.code_blocks(self.text)
+            index = int(href.split(":", 1)[1])
+            if index < len(blocks):
+                QGuiApplication.clipboard().setText(blocks[index])
+        else:
+            from PySide6.QtGui import QDesktopServices
+            from PySide6.QtCore import QUrl
+
+            QDesktopServices.openUrl(QUrl(href))
+
+
+class ChatView(QScrollArea):
+    editRequested = Signal(object)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.NoFrame)
+        self.dark = False
+        container = QWidget()
+        self.column = QVBoxLayout(container)
+        self.column.setContentsMargins(12, 12, 12, 12)
+        self.column.setSpacing(10)
+        self.column.addStretch(1)
+        self.setWidget(container)
+        self.bubbles: list[MessageBubble] = []
+        self._streaming: MessageBubble | None = None
+        self._pending = ""
+        # Re-rendering Markdown on every token is wasteful; 25 frames a second reads as smooth.
+        self._render_timer = QTimer(self)
+        self._render_timer.setInterval(40)
+        self._render_timer.setSingleShot(True)
+        self._render_timer.timeout.connect(self._flush)
+        self.verticalScrollBar().rangeChanged.connect(self._follow)
+        self._stick_to_bottom = True
+
+    def clear(self) -> None:
+        for bubble in self.bubbles:
+            bubble.setParent(None)
+            bubble.deleteLater()
+        self.bubbles = []
+        self._streaming = None
+
+    def add(self, role: str, text: str = "", message_id: int | None = None) -> MessageBubble:
+        bubble = MessageBubble(role, text, message_id, self.dark)
+        bubble.editRequested.connect(self.editRequested)
+        self.column.insertWidget(self.column.count() - 1, bubble)
+        self.bubbles.append(bubble)
+        self._stick_to_bottom = True
+        return bubble
+
+    def begin_answer(self) -> MessageBubble:
+        self._streaming = self.add("assistant")
+        self._pending = ""
+        return self._streaming
+
+    def append_token(self, text: str) -> None:
+        if self._streaming is None:
+            self.begin_answer()
+        self._pending += text
+        if not self._render_timer.isActive():
+            self._render_timer.start()
+
+    def end_answer(self, meta: str = "") -> MessageBubble | None:
+        self._flush()
+        bubble, self._streaming = self._streaming, None
+        if bubble is not None and meta:
+            bubble.set_meta(meta)
+        return bubble
+
+    def streaming_text(self) -> str:
+        return self._pending if self._streaming is not None else ""
+
+    def remove_from(self, bubble: MessageBubble) -> None:
+        """Remove a bubble and all after it (edit-and-resend, regenerate)."""
+        index = self.bubbles.index(bubble)
+        for b in self.bubbles[index:]:
+            b.setParent(None)
+            b.deleteLater()
+        del self.bubbles[index:]
+
+    def _flush(self) -> None:
+        if self._streaming is not None:
+            self._streaming.set_text(self._pending)
+
+    def _follow(self, _min: int, maximum: int) -> None:
+        bar = self.verticalScrollBar()
+        if self._stick_to_bottom or bar.value() >= bar.maximum() - 40:
+            bar.setValue(maximum)
+            self._stick_to_bottom = False
+
+
+def _escape(text: str) -> str:
+    import html
+
+    return html.escape(text).replace("\n", "<br>")

@@ -1,0 +1,495 @@
+"""The main window: chats on the left, the conversation on the right, status at the bottom."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PySide6.QtCore import Qt, QThread, Signal
+from PySide6.QtGui import QAction, QKeySequence, QShortcut
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QInputDialog,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QMainWindow,
+    QMenu,
+    QMessageBox,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from assistant import __version__
+from assistant.events import ContextTrimmed, Done
+from assistant.fileio import atomic_write_text
+from assistant.ui.chat_view import ChatView, MessageBubble
+from assistant.ui.tasks import TaskRunner
+from assistant.ui.worker import ModelWorker
+
+
+class InputBox(QPlainTextEdit):
+    """Enter sends, Shift+Enter starts a new line."""
+
+    submitted = Signal()
+
+    def keyPressEvent(self, event) -> None:
+        if event.key() in (Qt.Key_Return, Qt.Key_Enter) and not (event.modifiers() & Qt.ShiftModifier):
+            self.submitted.emit()
+            return
+        super().keyPressEvent(event)
+
+
+class MainWindow(QMainWindow):
+    runRequested = Signal(str, object)
+    settingsApplied = Signal(object)
+    reloadRequested = Signal()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setWindowTitle(f"Assistant {__version__}")
+        self.resize(1100, 760)
+        self.setAcceptDrops(True)
+        self.assistant = None  # set when the worker has opened the database
+        self.conversation_id: int | None = None
+        self.busy = False
+        self.model_ready = False
+        self.editing: MessageBubble | None = None
+        self.last_report = None
+        self.tasks = TaskRunner(self.show_error)
+
+        self._build_widgets()
+        self._build_actions()
+
+        # The worker thread owns the model; everything slow happens there or in the task pool.
+        self.thread = QThread(self)
+        self.thread.setObjectName("model-worker")
+        self.worker = ModelWorker()
+        self.worker.moveToThread(self.thread)
+        self.thread.started.connect(self.worker.start)
+        self.runRequested.connect(self.worker.run)
+        self.settingsApplied.connect(self.worker.apply_settings)
+        self.reloadRequested.connect(self.worker.load)
+        w = self.worker
+        w.ready.connect(self._on_ready)
+        w.loading.connect(self._on_loading)
+        w.loadProgress.connect(lambda f: self.progress.setValue(int(f * 100)))
+        w.loaded.connect(self._on_loaded)
+        w.loadFailed.connect(self._on_load_failed)
+        w.token.connect(self.chat.append_token)
+        w.trimmed.connect(self._on_trimmed)
+        w.finished.connect(self._on_finished)
+        w.failed.connect(self._on_failed)
+        w.busyChanged.connect(self._set_busy)
+        self.thread.start()
+
+    # -- layout ---------------------------------------------------------------------------
+
+    def _build_widgets(self) -> None:
+        side = QWidget()
+        side_layout = QVBoxLayout(side)
+        side_layout.setContentsMargins(8, 8, 4, 8)
+        self.new_button = QPushButton("New chat")
+        self.new_button.clicked.connect(self.new_chat)
+        self.search = QLineEdit()
+        self.search.setPlaceholderText("Search chats")
+        self.search.setClearButtonEnabled(True)
+        self.search.textChanged.connect(self.refresh_conversations)
+        self.conversation_list = QListWidget()
+        self.conversation_list.setContextMenuPolicy(Qt.CustomContextMenu)
+        self.conversation_list.customContextMenuRequested.connect(self._conversation_menu)
+        self.conversation_list.currentItemChanged.connect(self._on_conversation_selected)
+        side_layout.addWidget(self.new_button)
+        side_layout.addWidget(self.search)
+        side_layout.addWidget(self.conversation_list, 1)
+
+        main = QWidget()
+        main_layout = QVBoxLayout(main)
+        main_layout.setContentsMargins(4, 8, 8, 8)
+        self.chat = ChatView()
+        self.chat.editRequested.connect(self._start_edit)
+        self.edit_banner = QLabel("")
+        self.edit_banner.setVisible(False)
+        self.input = InputBox()
+        self.input.setPlaceholderText("Ask anything. Enter sends, Shift+Enter adds a line.")
+        self.input.setFixedHeight(90)
+        self.input.submitted.connect(self.send)
+        self.send_button = QPushButton("Send")
+        self.send_button.setDefault(True)
+        self.send_button.clicked.connect(self.send)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.stop_button.clicked.connect(self.stop)
+        self.regenerate_button = QPushButton("Regenerate")
+        self.regenerate_button.clicked.connect(self.regenerate)
+        buttons = QVBoxLayout()
+        buttons.addWidget(self.send_button)
+        buttons.addWidget(self.stop_button)
+        buttons.addWidget(self.regenerate_button)
+        row = QHBoxLayout()
+        row.addWidget(self.input, 1)
+        row.addLayout(buttons)
+        main_layout.addWidget(self.chat, 1)
+        main_layout.addWidget(self.edit_banner)
+        main_layout.addLayout(row)
+
+        splitter = QSplitter()
+        splitter.addWidget(side)
+        splitter.addWidget(main)
+        splitter.setStretchFactor(1, 1)
+        splitter.setSizes([260, 840])
+        self.setCentralWidget(splitter)
+
+        self.model_label = QLabel("Starting…")
+        self.progress = QProgressBar()
+        self.progress.setMaximumWidth(160)
+        self.progress.setRange(0, 100)
+        self.progress.setVisible(False)
+        self.speed_label = QLabel("")
+        self.context_label = QLabel("")
+        status = self.statusBar()
+        status.addWidget(self.model_label)
+        status.addWidget(self.progress)
+        status.addPermanentWidget(self.speed_label)
+        status.addPermanentWidget(self.context_label)
+
+    def _build_actions(self) -> None:
+        menu = self.menuBar()
+        file_menu = menu.addMenu("&File")
+        self._action(file_menu, "&New chat", self.new_chat, QKeySequence.New)
+        self._action(file_menu, "Open &model file…", self.open_model_file, "Ctrl+O")
+        self._action(file_menu, "Export chat as &Markdown…", lambda: self.export_chat("md"), "Ctrl+E")
+        self._action(file_menu, "Export chat as &JSON…", lambda: self.export_chat("json"))
+        file_menu.addSeparator()
+        self._action(file_menu, "&Settings…", self.open_settings, "Ctrl+,")
+        file_menu.addSeparator()
+        self._action(file_menu, "&Quit", self.close, QKeySequence.Quit)
+        chat_menu = menu.addMenu("&Chat")
+        self._action(chat_menu, "&Stop", self.stop, "Esc")
+        self._action(chat_menu, "&Regenerate", self.regenerate, "Ctrl+R")
+        self._action(chat_menu, "Focus &input", self.input.setFocus, "Ctrl+L")
+        self._action(chat_menu, "Search &chats", self.search.setFocus, QKeySequence.Find)
+        help_menu = menu.addMenu("&Help")
+        self._action(help_menu, "&About", self.about)
+        QShortcut(QKeySequence("Ctrl+Return"), self, activated=self.send)
+
+    def _action(self, menu: QMenu, text: str, slot, shortcut=None) -> QAction:
+        action = QAction(text, self)
+        if shortcut is not None:
+            action.setShortcut(QKeySequence(shortcut))
+        action.triggered.connect(slot)
+        menu.addAction(action)
+        self.addAction(action)
+        return action
+
+    # -- worker events --------------------------------------------------------------------
+
+    def _on_ready(self, assistant) -> None:
+        self.assistant = assistant
+        from assistant.ui.app import apply_theme
+
+        apply_theme(assistant.settings.theme)
+        self.chat.dark = self.palette().window().color().lightness() < 128
+        self.refresh_conversations(select_first=True)
+
+    def _on_loading(self, name: str) -> None:
+        self.model_ready = False
+        self.model_label.setText(f"Loading {name}…")
+        self.progress.setValue(0)
+        self.progress.setVisible(True)
+
+    def _on_loaded(self, report) -> None:
+        self.model_ready = True
+        self.last_report = report
+        self.progress.setVisible(False)
+        self.model_label.setText(report.summary())
+        self.model_label.setToolTip(
+            f"{report.model_description}\nBackend: {report.backend}\n"
+            f"GPU layers: {report.gpu_layers_offloaded}/{report.n_layers}\n"
+            f"Context: {report.n_ctx} (trained on {report.n_ctx_train})\nThreads: {report.n_threads}\n"
+            f"Loaded in {report.load_seconds:.2f} s"
+        )
+
+    def _on_load_failed(self, message: str) -> None:
+        self.progress.setVisible(False)
+        self.model_label.setText("No model loaded")
+        self.chat.add("error", message + "\nChoose another model in Settings (Ctrl+,) or drop a .gguf file on the window.")
+
+    def _on_trimmed(self, event: ContextTrimmed) -> None:
+        self.chat.add(
+            "notice",
+            f"{event.dropped_messages} older messages were left out of what the model sees, so the conversation "
+            f"fits its {event.n_ctx}-token context. They are still saved here.",
+        )
+
+    def _on_finished(self, done: Done) -> None:
+        bubble = self.chat.end_answer(
+            f"{done.completion_tokens} tokens · {done.tokens_per_second:.1f} tok/s"
+            + (" · stopped" if done.finish_reason == "cancelled" else "")
+        )
+        if bubble is not None:
+            bubble.message_id = done.message_id
+        self.speed_label.setText(f"{done.tokens_per_second:.1f} tok/s · first token {done.time_to_first_token:.2f} s")
+        if self.last_report is not None:
+            used = done.prompt_tokens + done.completion_tokens
+            self.context_label.setText(f"context {used}/{self.last_report.n_ctx}")
+        self._reload_messages()  # picks up saved message ids (edit needs them) and new titles
+        self.refresh_conversations()
+
+    def _on_failed(self, message: str) -> None:
+        if self.chat.end_answer() is not None and not self.chat.bubbles[-1].text:
+            self.chat.remove_from(self.chat.bubbles[-1])
+        self.chat.add("error", message)
+
+    def _set_busy(self, busy: bool) -> None:
+        self.busy = busy
+        self.stop_button.setEnabled(busy)
+        self.send_button.setEnabled(not busy)
+        self.regenerate_button.setEnabled(not busy)
+
+    # -- user actions ---------------------------------------------------------------------
+
+    def send(self) -> None:
+        text = self.input.toPlainText()
+        if self.busy or self.assistant is None:
+            return
+        if not text.strip():
+            self.statusBar().showMessage("Type a question first.", 3000)
+            return
+        if self.conversation_id is None:
+            self._create_conversation_then(lambda: self.send())
+            return
+        self.input.clear()
+        if self.editing is not None:
+            bubble, self.editing = self.editing, None
+            self.edit_banner.setVisible(False)
+            self.chat.remove_from(bubble)
+            self.chat.add("user", text)
+            self.chat.begin_answer()
+            self.runRequested.emit("edit", (self.conversation_id, bubble.message_id, text))
+            return
+        self.chat.add("user", text)
+        self.chat.begin_answer()
+        if not self.model_ready:
+            self.statusBar().showMessage("The answer starts once the model has loaded.", 4000)
+        self.runRequested.emit("send", (self.conversation_id, text))
+
+    def stop(self) -> None:
+        if self.busy:
+            self.worker.stop_event.set()
+        elif self.editing is not None:
+            self.editing = None
+            self.edit_banner.setVisible(False)
+            self.input.clear()
+
+    def regenerate(self) -> None:
+        if self.busy or self.conversation_id is None or not self.chat.bubbles:
+            return
+        last = self.chat.bubbles[-1]
+        if last.role in ("assistant", "error", "notice"):
+            while self.chat.bubbles and self.chat.bubbles[-1].role != "user":
+                self.chat.remove_from(self.chat.bubbles[-1])
+        self.chat.begin_answer()
+        self.runRequested.emit("regenerate", (self.conversation_id,))
+
+    def _start_edit(self, bubble: MessageBubble) -> None:
+        if self.busy or bubble.message_id is None:
+            return
+        self.editing = bubble
+        self.input.setPlainText(bubble.text)
+        self.input.setFocus()
+        self.edit_banner.setText("Editing an earlier question: Send replaces it and everything after it. Esc cancels.")
+        self.edit_banner.setVisible(True)
+
+    def new_chat(self) -> None:
+        if self.assistant is None or self.busy:
+            return
+        self._create_conversation_then(lambda: self.input.setFocus())
+
+    def _create_conversation_then(self, then) -> None:
+        def created(conversation) -> None:
+            self.conversation_id = conversation.id
+            self.chat.clear()
+            self.refresh_conversations()
+            then()
+
+        self.tasks.submit(lambda: self.assistant.conversations.create(), created)
+
+    def refresh_conversations(self, *_args, select_first: bool = False) -> None:
+        if self.assistant is None:
+            return
+        query = self.search.text()
+
+        def show(conversations) -> None:
+            self.conversation_list.blockSignals(True)
+            self.conversation_list.clear()
+            for conv in conversations:
+                item = QListWidgetItem(conv.title)
+                item.setData(Qt.UserRole, conv.id)
+                item.setToolTip(f"{conv.message_count} messages")
+                self.conversation_list.addItem(item)
+                if conv.id == self.conversation_id:
+                    self.conversation_list.setCurrentItem(item)
+            self.conversation_list.blockSignals(False)
+            if select_first and self.conversation_id is None and conversations:
+                self.conversation_list.setCurrentRow(0)
+
+        self.tasks.submit(lambda: self.assistant.conversations.list(query), show)
+
+    def _on_conversation_selected(self, item: QListWidgetItem | None, _previous=None) -> None:
+        if item is None or self.busy:
+            return
+        conversation_id = item.data(Qt.UserRole)
+        if conversation_id == self.conversation_id and self.chat.bubbles:
+            return
+        self.conversation_id = conversation_id
+        self._reload_messages()
+
+    def _reload_messages(self) -> None:
+        conversation_id = self.conversation_id
+        if conversation_id is None:
+            return
+
+        def show(messages) -> None:
+            if conversation_id != self.conversation_id or self.busy:
+                return  # the user moved on while the messages were read
+            self.chat.clear()
+            for m in messages:
+                if m.role == "system":
+                    continue
+                bubble = self.chat.add(m.role, m.content, m.id)
+                if m.role == "assistant" and m.meta.get("tokens_per_second"):
+                    bubble.set_meta(f"{m.meta.get('completion_tokens', 0)} tokens · {m.meta['tokens_per_second']:.1f} tok/s"
+                                    + (" · stopped" if m.meta.get("finish_reason") == "cancelled" else ""))
+
+        self.tasks.submit(lambda: self.assistant.conversations.messages(conversation_id), show)
+
+    def _conversation_menu(self, pos) -> None:
+        item = self.conversation_list.itemAt(pos)
+        if item is None:
+            return
+        conversation_id = item.data(Qt.UserRole)
+        menu = QMenu(self)
+        menu.addAction("Rename…", lambda: self.rename_chat(conversation_id, item.text()))
+        menu.addAction("Export as Markdown…", lambda: self.export_chat("md", conversation_id))
+        menu.addAction("Export as JSON…", lambda: self.export_chat("json", conversation_id))
+        menu.addSeparator()
+        menu.addAction("Delete", lambda: self.delete_chat(conversation_id))
+        menu.exec(self.conversation_list.mapToGlobal(pos))
+
+    def rename_chat(self, conversation_id: int, current: str) -> None:
+        title, ok = QInputDialog.getText(self, "Rename chat", "Title:", text=current)
+        if ok and title.strip():
+            self.tasks.submit(lambda: self.assistant.conversations.rename(conversation_id, title),
+                              lambda _: self.refresh_conversations())
+
+    def delete_chat(self, conversation_id: int) -> None:
+        if self.busy and conversation_id == self.conversation_id:
+            return
+        answer = QMessageBox.question(self, "Delete chat", "Delete this chat and all its messages?")
+        if answer != QMessageBox.Yes:
+            return
+        if conversation_id == self.conversation_id:
+            self.conversation_id = None
+            self.chat.clear()
+        self.tasks.submit(lambda: self.assistant.conversations.delete(conversation_id),
+                          lambda _: self.refresh_conversations(select_first=True))
+
+    def export_chat(self, kind: str, conversation_id: int | None = None) -> None:
+        conversation_id = conversation_id or self.conversation_id
+        if conversation_id is None or self.assistant is None:
+            return
+        suffix = "Markdown (*.md)" if kind == "md" else "JSON (*.json)"
+        path, _ = QFileDialog.getSaveFileName(self, "Export chat", f"chat.{kind}", suffix)
+        if not path:
+            return
+        store = self.assistant.conversations
+
+        def write() -> str:
+            text = store.export_markdown(conversation_id) if kind == "md" else json.dumps(
+                store.export_json(conversation_id), ensure_ascii=False, indent=2)
+            atomic_write_text(Path(path), text)
+            return path
+
+        self.tasks.submit(write, lambda p: self.statusBar().showMessage(f"Exported to {p}", 5000))
+
+    def open_settings(self) -> None:
+        if self.assistant is None:
+            return
+        from assistant.ui.settings_dialog import SettingsDialog
+
+        default = ""
+        try:
+            from assistant.llm.models import default_model_path
+
+            default = str(default_model_path())
+        except Exception:
+            pass
+        dialog = SettingsDialog(self.assistant.settings, self.tasks, default, self)
+        if dialog.exec() and dialog.result_settings is not None:
+            self.apply_settings(dialog.result_settings)
+
+    def apply_settings(self, settings) -> None:
+        from assistant.ui.app import apply_theme
+
+        apply_theme(settings.theme)
+        self.chat.dark = self.palette().window().color().lightness() < 128
+        self.settingsApplied.emit(settings)
+
+    def open_model_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open a GGUF model", "", "GGUF models (*.gguf)")
+        if path:
+            self.use_model_file(path)
+
+    def use_model_file(self, path: str) -> None:
+        """Register a GGUF and switch to it (checked off the UI thread first)."""
+        if self.assistant is None:
+            return
+        from dataclasses import replace
+
+        from assistant.llm.models import add_model
+
+        def register():
+            return add_model(Path(path), self.assistant.home)
+
+        self.tasks.submit(register, lambda p: self.apply_settings(replace(self.assistant.settings, model_path=str(p))),
+                          lambda exc: self.chat.add("error", str(exc)))
+
+    def about(self) -> None:
+        QMessageBox.about(
+            self, "About Assistant",
+            f"<b>Assistant {__version__}</b><p>A private assistant: the model runs on this computer with "
+            "llama.cpp, and nothing you type leaves it.</p><p>Default model: SmolLM2-135M-Instruct "
+            "(Apache-2.0), Hugging Face.</p>",
+        )
+
+    def show_error(self, exc: Exception) -> None:
+        self.chat.add("error", str(exc))
+
+    # -- drag and drop ----------------------------------------------------------------------
+
+    def dragEnterEvent(self, event) -> None:
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:
+        for url in event.mimeData().urls():
+            path = url.toLocalFile()
+            if path.lower().endswith(".gguf"):
+                self.use_model_file(path)
+                return
+        self.statusBar().showMessage("Drop a .gguf model file to use it.", 4000)
+
+    def closeEvent(self, event) -> None:
+        self.worker.stop_event.set()
+        self.worker.load_cancel.set()
+        self.thread.quit()
+        self.thread.wait(5000)
+        self.tasks.wait(3000)
+        super().closeEvent(event)

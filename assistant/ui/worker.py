@@ -1,0 +1,101 @@
+"""The model worker: one QThread owns the Assistant's model; the UI talks to it by signals."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from PySide6.QtCore import QObject, Signal, Slot
+
+from assistant.config import Settings
+from assistant.core import Assistant
+from assistant.errors import AssistantError
+from assistant.events import ContextTrimmed, Done, Error, Token
+
+log = logging.getLogger(__name__)
+
+
+class ModelWorker(QObject):
+    ready = Signal(object)  # the Assistant, once its database is open
+    loading = Signal(str)  # model file name
+    loadProgress = Signal(float)
+    loaded = Signal(object)  # LoadReport
+    loadFailed = Signal(str)
+    token = Signal(str)
+    trimmed = Signal(object)  # ContextTrimmed
+    finished = Signal(object)  # Done
+    failed = Signal(str)
+    busyChanged = Signal(bool)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.assistant: Assistant | None = None
+        # Set from the UI thread; checked between tokens, so Stop lands within a token's time.
+        self.stop_event = threading.Event()
+        self.load_cancel = threading.Event()
+
+    @Slot()
+    def start(self) -> None:
+        try:
+            self.assistant = Assistant()
+        except AssistantError as exc:
+            # A broken settings file must not stop the app: start on defaults and say why.
+            self.failed.emit(str(exc))
+            self.assistant = Assistant(Settings())
+        self.ready.emit(self.assistant)
+        self.load()
+
+    @Slot()
+    def load(self) -> None:
+        self.load_cancel.clear()
+        try:
+            path = self.assistant.model_path()
+            self.loading.emit(path.name)
+            report = self.assistant.load_model(progress=self.loadProgress.emit, cancel=self.load_cancel)
+        except AssistantError as exc:
+            self.loadFailed.emit(str(exc))
+        except Exception as exc:  # a bug, but the window must survive it
+            log.exception("model load failed")
+            self.loadFailed.emit(f"The model could not be loaded: {exc}")
+        else:
+            self.loaded.emit(report)
+
+    @Slot(object)
+    def apply_settings(self, settings: Settings) -> None:
+        try:
+            reload = self.assistant.update_settings(settings)
+        except AssistantError as exc:
+            self.failed.emit(str(exc))
+            return
+        if reload:
+            self.load()
+
+    @Slot(str, object)
+    def run(self, kind: str, args: tuple) -> None:
+        """kind: send (conversation_id, text) | regenerate (conversation_id,) | edit (conversation_id, message_id, text)."""
+        self.stop_event.clear()
+        self.busyChanged.emit(True)
+        try:
+            if self.assistant.engine is None:
+                self.load()
+                if self.assistant.engine is None:
+                    self.failed.emit("No model is loaded. Pick a model file in Settings.")
+                    return
+            method = {"send": self.assistant.send, "regenerate": self.assistant.regenerate,
+                      "edit": self.assistant.edit_and_resend}[kind]
+            for event in method(*args, stop=self.stop_event):
+                if isinstance(event, Token):
+                    self.token.emit(event.text)
+                elif isinstance(event, ContextTrimmed):
+                    self.trimmed.emit(event)
+                elif isinstance(event, Done):
+                    self.finished.emit(event)
+                elif isinstance(event, Error):
+                    self.failed.emit(event.message)
+        except AssistantError as exc:
+            self.failed.emit(str(exc))
+        except Exception as exc:
+            log.exception("generation failed")
+            self.failed.emit(f"Something went wrong while answering: {exc}")
+        finally:
+            self.busyChanged.emit(False)
