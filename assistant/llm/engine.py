@@ -342,7 +342,7 @@ class Generation:
             slice_size = max(8, min(engine._n_batch, int(rate * PROMPT_SLICE_SECONDS)))
         stats.prompt_seconds = time.perf_counter() - started
 
-        sampler = _make_sampler(lib, self._temperature, self._top_p, self._seed)
+        sampler = _make_sampler(lib, lib.llama_vocab_n_tokens(engine._vocab), self._temperature, self._top_p, self._seed)
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         budget = min(self._max_tokens, engine.n_ctx - len(engine._cached))
         token_array = (lib.llama_token * 1)()
@@ -377,14 +377,14 @@ class Generation:
             stats.seconds = time.perf_counter() - started
 
 
-def _make_sampler(lib, temperature: float, top_p: float, seed: int | None, repeat_penalty: float = 1.1):
+def _make_sampler(lib, n_vocab: int, temperature: float, top_p: float, seed: int | None, repeat_penalty: float = 1.1):
     chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
     if temperature <= 0:
         lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
         return chain
-    # A mild repeat penalty: small models otherwise loop on a phrase ("Exiting main. Exiting main.").
-    lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_penalties(64, repeat_penalty, 0.0, 0.0))
     lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(40))
+    # A mild repeat penalty (after top-k, where it is cheap): small models otherwise loop on a phrase.
+    lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_penalties(n_vocab, 64, repeat_penalty, 0.0, 0.0))
     lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(top_p, 1))
     lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_min_p(0.05, 1))
     lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(temperature))
