@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10

@@ -253,7 +253,7 @@ class Engine:
     def _reuse_prefix(self, tokens: list[int]) -> int:
         """Keep the KV cache for the longest shared prefix; return how many tokens it saves."""
         shared = 0
-        for a, b in zip(self._cached, tokens):
+        for a, b in zip(self._cached, tokens, strict=False):
             if a != b:
                 break
             shared += 1

@@ -29,6 +29,7 @@ class MessageBubble(QFrame):
         self.role, self.text, self.message_id, self.dark = role, text, message_id, dark
         self.setObjectName(f"bubble_{role}")
         self.setFrameShape(QFrame.StyledPanel)
+        self.setStyleSheet(_bubble_style(role, dark))
         layout = QVBoxLayout(self)
         layout.setContentsMargins(10, 6, 10, 8)
         header = QHBoxLayout()
@@ -80,8 +81,8 @@ class MessageBubble(QFrame):
             if index < len(blocks):
                 QGuiApplication.clipboard().setText(blocks[index])
         else:
-            from PySide6.QtGui import QDesktopServices
             from PySide6.QtCore import QUrl
+            from PySide6.QtGui import QDesktopServices
 
             QDesktopServices.openUrl(QUrl(href))
 
@@ -165,6 +166,15 @@ class ChatView(QScrollArea):
         if self._stick_to_bottom or bar.value() >= bar.maximum() - 40:
             bar.setValue(maximum)
             self._stick_to_bottom = False
+
+
+def _bubble_style(role: str, dark: bool) -> str:
+    light_colors = {"user": "#e8f0fe", "assistant": "#ffffff", "notice": "#fff8e1", "error": "#fdecea"}
+    dark_colors = {"user": "#2c3a52", "assistant": "#26282b", "notice": "#4a3f1c", "error": "#4a2323"}
+    color = (dark_colors if dark else light_colors).get(role, "transparent")
+    border = "#3c3f44" if dark else "#d0d4da"
+    return (f"QFrame#bubble_{role} {{ background: {color}; border: 1px solid {border}; border-radius: 8px; }}"
+            " QLabel#meta { color: gray; }")
 
 
 def _escape(text: str) -> str:

@@ -102,6 +102,8 @@ class MainWindow(QMainWindow):
         self.search.setClearButtonEnabled(True)
         self.search.textChanged.connect(self.refresh_conversations)
         self.conversation_list = QListWidget()
+        self.conversation_list.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.conversation_list.setTextElideMode(Qt.ElideRight)
         self.conversation_list.setContextMenuPolicy(Qt.CustomContextMenu)
         self.conversation_list.customContextMenuRequested.connect(self._conversation_menu)
         self.conversation_list.currentItemChanged.connect(self._on_conversation_selected)
@@ -262,23 +264,31 @@ class MainWindow(QMainWindow):
         if not text.strip():
             self.statusBar().showMessage("Type a question first.", 3000)
             return
-        if self.conversation_id is None:
-            self._create_conversation_then(lambda: self.send())
-            return
         self.input.clear()
+        # Busy from now, not from when the worker picks the job up: a second Enter must not send twice.
+        self._set_busy(True)
         if self.editing is not None:
             bubble, self.editing = self.editing, None
             self.edit_banner.setVisible(False)
             self.chat.remove_from(bubble)
-            self.chat.add("user", text)
-            self.chat.begin_answer()
-            self.runRequested.emit("edit", (self.conversation_id, bubble.message_id, text))
-            return
+            self._start_answer(text, "edit", (self.conversation_id, bubble.message_id, text))
+        elif self.conversation_id is None:
+            def created(conversation) -> None:
+                self.conversation_id = conversation.id
+                self.chat.clear()
+                self._start_answer(text, "send", (conversation.id, text))
+
+            self.tasks.submit(lambda: self.assistant.conversations.create(), created,
+                              lambda exc: (self._set_busy(False), self.show_error(exc)))
+        else:
+            self._start_answer(text, "send", (self.conversation_id, text))
+
+    def _start_answer(self, text: str, kind: str, args: tuple) -> None:
         self.chat.add("user", text)
         self.chat.begin_answer()
         if not self.model_ready:
             self.statusBar().showMessage("The answer starts once the model has loaded.", 4000)
-        self.runRequested.emit("send", (self.conversation_id, text))
+        self.runRequested.emit(kind, args)
 
     def stop(self) -> None:
         if self.busy:
@@ -295,6 +305,7 @@ class MainWindow(QMainWindow):
         if last.role in ("assistant", "error", "notice"):
             while self.chat.bubbles and self.chat.bubbles[-1].role != "user":
                 self.chat.remove_from(self.chat.bubbles[-1])
+        self._set_busy(True)
         self.chat.begin_answer()
         self.runRequested.emit("regenerate", (self.conversation_id,))
 

@@ -1,0 +1,72 @@
+"""The `assistant` command, run as a user would: a real subprocess and the real model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from assistant import __version__
+
+
+def assistant(*args: str, home, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "assistant", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "ASSISTANT_HOME": str(home)})
+
+
+def test_version(isolated_home) -> None:
+    result = assistant("--version", home=isolated_home)
+    assert result.returncode == 0 and result.stdout.strip() == f"assistant {__version__}"
+
+
+def test_ask_json(isolated_home) -> None:
+    result = assistant("ask", "What is the capital of France?", "--json", "--temperature", "0", home=isolated_home)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert {"answer", "model", "prompt_tokens", "completion_tokens", "tokens_per_second", "seconds"} <= data.keys()
+    assert "Paris" in data["answer"]
+    assert data["model"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert data["prompt_tokens"] > 10 and data["completion_tokens"] > 0 and data["tokens_per_second"] > 0
+
+
+def test_ask_streams_plain_text(isolated_home) -> None:
+    result = assistant("ask", "Say hello.", "--max-tokens", "8", home=isolated_home)
+    assert result.returncode == 0 and result.stdout.strip()
+
+
+def test_ask_with_a_missing_model_fails_plainly(isolated_home, tmp_path) -> None:
+    result = assistant("ask", "hi", "--model", str(tmp_path / "gone.gguf"), home=isolated_home)
+    assert result.returncode == 1
+    assert "gone.gguf" in result.stderr and "not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ask_empty_question_fails_plainly(isolated_home) -> None:
+    result = assistant("ask", "  ", home=isolated_home)
+    assert result.returncode == 1 and "empty" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_invalid_setting_in_file_is_reported(isolated_home) -> None:
+    isolated_home.mkdir(parents=True, exist_ok=True)
+    (isolated_home / "settings.toml").write_text("n_ctx = -4\n")
+    result = assistant("ask", "hi", home=isolated_home)
+    assert result.returncode == 1 and "Context size" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_models_list_add_info(isolated_home, default_model, tmp_path) -> None:
+    listed = json.loads(assistant("models", "list", "--json", home=isolated_home).stdout)
+    assert str(default_model) in listed
+    info = json.loads(assistant("models", "info", "--json", home=isolated_home).stdout)
+    assert info["architecture"] == "llama" and info["quantization"] == "Q4_1" and info["context_length"] == 8192
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"\0" * 1000)
+    result = assistant("models", "add", str(junk), home=isolated_home)
+    assert result.returncode == 1 and "junk.gguf" in result.stderr and "not a GGUF" in result.stderr
+
+
+def test_chat_repl(isolated_home) -> None:
+    result = subprocess.run([sys.executable, "-m", "assistant", "chat"], input="What is 2+2?\n/quit\n",
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "ASSISTANT_HOME": str(isolated_home)})
+    assert result.returncode == 0, result.stderr
+    assert "tok/s" in result.stderr and result.stdout.strip().startswith(">")

@@ -1,0 +1,133 @@
+"""The real window (offscreen Qt) driven like a user: type, watch tokens stream, stop, settings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from PySide6.QtCore import Qt
+
+from assistant.config import Settings
+from assistant.ui.main_window import MainWindow
+
+
+@pytest.fixture
+def window(qtbot, isolated_home):
+    Settings(max_tokens=400, n_ctx=2048).save()
+    w = MainWindow()
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitUntil(lambda: w.model_ready, timeout=30_000)
+    yield w
+    w.close()
+
+
+def type_and_send(qtbot, w: MainWindow, text: str) -> None:
+    w.input.setFocus()
+    qtbot.keyClicks(w.input, text)
+    qtbot.keyClick(w.input, Qt.Key_Return)
+
+
+def test_window_opens_without_loading_heavy_libraries(isolated_home) -> None:
+    code = (
+        "import sys, time; t = time.perf_counter()\n"
+        "from PySide6.QtWidgets import QApplication\n"
+        "app = QApplication([])\n"
+        "from assistant.ui.main_window import MainWindow\n"
+        "w = MainWindow(); w.show(); app.processEvents()\n"
+        "heavy = [m for m in ('llama_cpp', 'torch', 'faiss', 'whisper') if m in sys.modules]\n"
+        "print(heavy, w.isVisible())\n"
+        "w.close()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "ASSISTANT_HOME": str(isolated_home), "QT_QPA_PLATFORM": "offscreen"})
+    assert result.stdout.strip() == "[] True", result.stderr
+
+
+def test_type_stream_and_stop(qtbot, window: MainWindow, artifacts) -> None:
+    w = window
+    type_and_send(qtbot, w, "Write a long story about a lighthouse keeper.")
+    assert w.input.toPlainText() == ""  # Enter sent it
+    qtbot.waitUntil(lambda: w.busy, timeout=5_000)
+    # Tokens arrive while the answer is still being written.
+    qtbot.waitUntil(lambda: len(w.chat.streaming_text()) > 40, timeout=20_000)
+    assert w.stop_button.isEnabled() and not w.send_button.isEnabled()
+    w.grab().save(str(artifacts / "main_window_streaming.png"))
+    qtbot.mouseClick(w.stop_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: not w.busy, timeout=2_000)
+    answer = [b for b in w.chat.bubbles if b.role == "assistant"][-1]
+    assert "stopped" in answer.meta.text() and answer.text
+    assert "tok/s" in w.speed_label.text()
+    # The chat was saved and named after the question.
+    qtbot.waitUntil(lambda: w.conversation_list.count() == 1 and "lighthouse" in w.conversation_list.item(0).text(),
+                    timeout=5_000)
+    qtbot.waitUntil(lambda: all(b.message_id for b in w.chat.bubbles if b.role in ("user", "assistant")), timeout=5_000)
+    w.grab().save(str(artifacts / "main_window.png"))
+
+
+def test_empty_input_is_not_sent(qtbot, window: MainWindow) -> None:
+    type_and_send(qtbot, window, "   ")
+    qtbot.wait(200)
+    assert window.chat.bubbles == [] and not window.busy
+
+
+def test_regenerate_and_edit(qtbot, window: MainWindow) -> None:
+    w = window
+    w.apply_settings(Settings.from_dict({**w.assistant.settings.__dict__, "max_tokens": 20}))
+    qtbot.waitUntil(lambda: w.assistant.settings.max_tokens == 20, timeout=5_000)
+    type_and_send(qtbot, w, "Name a fruit.")
+    qtbot.waitUntil(lambda: not w.busy and any(b.role == "assistant" and b.message_id is not None for b in w.chat.bubbles),
+                    timeout=20_000)
+    w.activateWindow()
+    qtbot.waitUntil(w.isActiveWindow, timeout=5_000)
+    qtbot.keyClick(w.input, Qt.Key_R, Qt.ControlModifier)  # the Regenerate shortcut
+    qtbot.waitUntil(lambda: w.busy, timeout=5_000)
+    qtbot.waitUntil(lambda: not w.busy, timeout=20_000)
+    qtbot.waitUntil(lambda: [b.role for b in w.chat.bubbles] == ["user", "assistant"]
+                    and all(b.message_id for b in w.chat.bubbles), timeout=5_000)
+    user = w.chat.bubbles[0]
+    qtbot.mouseClick(user.edit_button, Qt.LeftButton)
+    assert w.input.toPlainText() == "Name a fruit." and w.edit_banner.isVisible()
+    w.input.setPlainText("Name a vegetable.")
+    qtbot.keyClick(w.input, Qt.Key_Return)
+    qtbot.waitUntil(lambda: not w.busy and len(w.chat.bubbles) == 2 and w.chat.bubbles[1].message_id is not None, timeout=20_000)
+    messages = w.assistant.conversations.messages(w.conversation_id)
+    assert [m.content for m in messages][0] == "Name a vegetable." and len(messages) == 2
+
+
+def test_settings_persist_and_a_bad_model_is_reported(qtbot, window: MainWindow, isolated_home, tmp_path,
+                                                      default_model) -> None:
+    from assistant.ui.settings_dialog import SettingsDialog
+
+    w = window
+    dialog = SettingsDialog(w.assistant.settings, w.tasks, str(default_model), w)
+    qtbot.addWidget(dialog)
+    qtbot.waitUntil(lambda: "Q4_1" in dialog.model_info.text(), timeout=10_000)  # metadata read in the background
+    dialog.temperature.setValue(0.25)
+    dialog.max_tokens.setValue(123)
+    dialog.system_prompt.setPlainText("Answer like a pirate.")
+    dialog.model_path.setText(str(tmp_path / "missing.gguf"))
+    dialog.accept()
+    w.apply_settings(dialog.result_settings)
+    qtbot.waitUntil(lambda: any(b.role == "error" and "missing.gguf" in b.text for b in w.chat.bubbles), timeout=10_000)
+    assert w.model_label.text() == "No model loaded"
+    saved = Settings.load(isolated_home)
+    assert (saved.temperature, saved.max_tokens, saved.system_prompt) == (0.25, 123, "Answer like a pirate.")
+    # Back to the default model: the window recovers without a restart.
+    w.apply_settings(Settings.from_dict({**saved.__dict__, "model_path": ""}))
+    qtbot.waitUntil(lambda: w.model_ready, timeout=30_000)
+
+
+def test_switching_conversations(qtbot, window: MainWindow) -> None:
+    w = window
+    type_and_send(qtbot, w, "Hello there")
+    qtbot.waitUntil(lambda: not w.busy and w.conversation_list.count() == 1, timeout=20_000)
+    w.new_chat()
+    qtbot.waitUntil(lambda: w.conversation_list.count() == 2 and not w.chat.bubbles, timeout=5_000)
+    first = [w.conversation_list.item(i) for i in range(2) if "Hello" in w.conversation_list.item(i).text()][0]
+    w.conversation_list.setCurrentItem(first)
+    qtbot.waitUntil(lambda: [b.role for b in w.chat.bubbles] == ["user", "assistant"], timeout=5_000)
+    w.search.setText("zzz-no-match")
+    qtbot.waitUntil(lambda: w.conversation_list.count() == 0, timeout=5_000)
