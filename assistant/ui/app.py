@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QColor, QGuiApplication, QPalette
+from PySide6.QtGui import QColor, QGuiApplication, QIcon, QPalette
 from PySide6.QtWidgets import QApplication
 
 
@@ -40,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     app.setApplicationName("Assistant")
     app.setOrganizationName("assistant")
     app.setDesktopFileName("assistant")
+    icon = Path(__file__).resolve().parents[2] / "resources" / "assistant.svg"
+    if icon.exists():
+        app.setWindowIcon(QIcon(str(icon)))
     from assistant.ui.main_window import MainWindow
 
     window = MainWindow()
