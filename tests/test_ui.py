@@ -131,3 +131,30 @@ def test_switching_conversations(qtbot, window: MainWindow) -> None:
     qtbot.waitUntil(lambda: [b.role for b in w.chat.bubbles] == ["user", "assistant"], timeout=5_000)
     w.search.setText("zzz-no-match")
     qtbot.waitUntil(lambda: w.conversation_list.count() == 0, timeout=5_000)
+
+
+def test_dropping_a_gguf_switches_the_model(qtbot, window: MainWindow, default_model, tmp_path) -> None:
+    from PySide6.QtCore import QMimeData, QPoint, QUrl
+    from PySide6.QtGui import QDropEvent
+
+    copy = tmp_path / "my-model.gguf"
+    copy.write_bytes(default_model.read_bytes())
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(copy))])
+    event = QDropEvent(QPoint(10, 10), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier)
+    window.dropEvent(event)
+    qtbot.waitUntil(lambda: window.model_ready and "my-model.gguf" in window.model_label.text(), timeout=30_000)
+    assert window.assistant.settings.model_path == str(copy)
+
+
+def test_dropping_a_broken_gguf_is_reported(qtbot, window: MainWindow, tmp_path) -> None:
+    from PySide6.QtCore import QMimeData, QPoint, QUrl
+    from PySide6.QtGui import QDropEvent
+
+    junk = tmp_path / "junk.gguf"
+    junk.write_text("not a model")
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(junk))])
+    window.dropEvent(QDropEvent(QPoint(10, 10), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier))
+    qtbot.waitUntil(lambda: any(b.role == "error" and "junk.gguf" in b.text for b in window.chat.bubbles), timeout=10_000)
+    assert window.model_ready  # the working model stays loaded
