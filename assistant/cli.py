@@ -79,6 +79,14 @@ def _assistant(args: argparse.Namespace):
 
 
 def _gui(args: argparse.Namespace) -> int:
+    import os
+
+    headless = sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("QT_QPA_PLATFORM"))
+    if headless:
+        print("assistant: no display found, so the window cannot open. Use `assistant chat` in a terminal, "
+              "or run it in a desktop session.", file=sys.stderr)
+        return 1
     from assistant.ui.app import main as gui_main
 
     return gui_main()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import hashlib
 import json
 import os
 import platform
@@ -116,6 +117,10 @@ def peak_rss_mb() -> float | None:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
+
+
+def token_digest(tokens: list[int]) -> str:
+    return hashlib.sha256(repr(list(tokens)).encode()).hexdigest()[:16]
 
 
 def median_of(runs: list[dict[str, Any]], key: str) -> float:
@@ -252,27 +257,20 @@ def run_raw(args: argparse.Namespace) -> dict[str, Any]:
     rss_before = peak_rss_mb()
     model = RawModel(Path(args.model), args.threads)
     # The smallest prompt of at least the target size; the app side is handed the same count.
-    facts = next(
+    facts = args.facts or next(
         k for k in range(1, 1000) if len(model.tokenize(model.render(story_messages(k)))) >= args.prompt_tokens
     )
     messages = story_messages(facts)
     model.generate(WARM_UP, 4)  # first touch of the mmap'd weights and thread start-up: not what is measured
-    runs = [model.generate(messages, args.tokens) for _ in range(args.repeats)]
+    runs = [model.generate(messages, args.tokens) for _ in range(args.gen_runs)]
     result = {
         "facts": facts,
-        "prompt_tokens": runs[0]["prompt_tokens"],
-        "prompt_tps": median_of(runs, "prompt_tps"),
-        "batch_seconds": N_BATCH / median_of(runs, "prompt_tps"),
-        "gen_tps": median_of(runs, "gen_tps"),
-        "ttft_s": median_of(runs, "ttft_s"),
-        "completion_tokens": args.tokens,
-        "first_eog": runs[0]["first_eog"],
-        "text": runs[0]["text"],
+        "prompt_digest": token_digest(model.tokenize(model.render(messages))),
+        "runs": runs,
         "load_s": model.load_seconds,
         "rss_before_load_mb": rss_before,
         "peak_rss_mb": peak_rss_mb(),
         "system_info": model.lib.llama_print_system_info().decode("utf-8", errors="replace").strip(" |"),
-        "runs": [{k: v for k, v in r.items() if k != "text"} for r in runs],
     }
     model.close()
     return result
@@ -447,6 +445,7 @@ def run_app(args: argparse.Namespace) -> dict[str, Any]:
     from assistant.core import Assistant
 
     rss_before = peak_rss_mb()
+    result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="assistant-bench-") as home:
         settings = Settings(model_path=args.model, n_threads=args.threads, temperature=0,
                             max_tokens=args.tokens, n_ctx=N_CTX)
@@ -457,30 +456,40 @@ def run_app(args: argparse.Namespace) -> dict[str, Any]:
             engine = assistant.engine
             for _ in engine.generate(engine.tokenize(engine.render(WARM_UP)), max_tokens=4, temperature=0):
                 pass  # the same warm-up as the raw side's
-            runs = [_app_generation(assistant, story) for _ in range(args.repeats)]
-            rss_after_generation = peak_rss_mb()
-            chat = _app_chat(assistant, args.chat_turns, args.repeats)
-            stop = _app_stop(assistant, story, median_of(runs, "prompt_tps"), args.repeats, args.long_prompt_tokens)
+            result["prompt_digest"] = token_digest(engine.tokenize(engine.render(story)))
+            runs = [_app_generation(assistant, story) for _ in range(args.gen_runs)]
+            result["peak_rss_mb"] = peak_rss_mb()  # before chat and stop, to compare with the raw side
+            if args.extras:
+                result["chat"] = _app_chat(assistant, args.chat_turns, args.repeats)
+                result["stop"] = _app_stop(assistant, story, median_of(runs, "prompt_tps"), args.repeats,
+                                           args.long_prompt_tokens)
         finally:
             assistant.close()
-    return {
+    return result | {
+        "runs": runs, "load_s": report.load_seconds, "rss_before_load_mb": rss_before, "peak_rss_end_mb": peak_rss_mb(),
+    }
+
+
+def summarise(children: list[dict[str, Any]]) -> dict[str, Any]:
+    """One side's figures from its child processes: medians over every generation run."""
+    runs = [run for child in children for run in child["runs"]]
+    keys = [k for k, v in runs[0].items() if isinstance(v, float)]
+    summary: dict[str, Any] = {k: median_of(runs, k) for k in keys}
+    summary |= {
         "prompt_tokens": runs[0]["prompt_tokens"],
-        "prompt_tps": median_of(runs, "prompt_tps"),
-        "gen_tps": median_of(runs, "gen_tps"),
-        "gen_tps_wall": median_of(runs, "gen_tps_wall"),
-        "ttft_s": median_of(runs, "ttft_s"),
-        "ttft_engine_s": median_of(runs, "ttft_engine_s"),
         "completion_tokens": runs[0]["completion_tokens"],
-        "finish_reason": runs[0]["finish_reason"],
+        "finish_reason": runs[0].get("finish_reason", "length"),
+        "first_eog": runs[0].get("first_eog"),
         "text": runs[0]["text"],
-        "load_s": report.load_seconds,
-        "rss_before_load_mb": rss_before,
-        "peak_rss_mb": rss_after_generation,
-        "peak_rss_end_mb": peak_rss_mb(),
-        "chat": chat,
-        "stop": stop,
+        "load_s": statistics.median(c["load_s"] for c in children),
+        "rss_before_load_mb": max(c["rss_before_load_mb"] or 0 for c in children) or None,
+        "peak_rss_mb": max(c["peak_rss_mb"] or 0 for c in children) or None,
+        # Spread shows how far a median can be trusted on a machine that is busy with other work.
+        "gen_tps_spread": max(r["gen_tps"] for r in runs) / max(min(r["gen_tps"] for r in runs), 1e-9),
+        "processes": len(children),
         "runs": [{k: v for k, v in r.items() if k != "text"} for r in runs],
     }
+    return summary
 
 
 # -- window: process start to the main window on screen ---------------------------------------
@@ -627,6 +636,7 @@ def _common_prefix(a: str, b: str) -> int:
 def compare(raw: dict[str, Any], app: dict[str, Any], window: dict[str, Any], machine: dict[str, Any],
             config: dict[str, Any]) -> dict[str, Any]:
     chat, stop = app.pop("chat"), app.pop("stop")
+    raw["batch_seconds"] = N_BATCH / raw["prompt_tps"]
     raw_text, app_text = raw.pop("text"), app.pop("text")
     ratios = {
         "gen_tps": _ratio(app["gen_tps"], raw["gen_tps"]),
@@ -665,7 +675,8 @@ def compare(raw: dict[str, Any], app: dict[str, Any], window: dict[str, Any], ma
         "pass": passed,
         # Same prompt, greedy on both sides: the texts should agree, a check that the app's template,
         # tokenizer and sampler match llama.cpp's own (batch-size rounding may part them late on).
-        "same_output": {"common_prefix_chars": shared, "app_chars": len(app_text),
+        "same_output": {"same_prompt_tokens": raw["prompt_digest"] == app["prompt_digest"],
+                        "common_prefix_chars": shared, "app_chars": len(app_text),
                         "app_is_prefix_of_raw": shared == len(app_text)},
     }
 
@@ -735,10 +746,21 @@ def render_table(r: dict[str, Any]) -> str:
     if raw["first_eog"] is not None:
         notes.append(f"The raw side sampled EOG at token {raw['first_eog'] + 1} and kept generating.")
     same = r["same_output"]
-    notes.append(f"Same text on both sides (greedy): {same['common_prefix_chars']} of the app's {same['app_chars']} "
-                 f"characters agree with the raw output" + (" (all of them)." if same["app_is_prefix_of_raw"] else "."))
+    prompt_same = "identical" if same["same_prompt_tokens"] else "DIFFERENT (template or tokenizer mismatch)"
+    agree = f"{same['common_prefix_chars']} of the app's {same['app_chars']} characters agree"
+    if same["app_is_prefix_of_raw"]:
+        notes.append(f"Prompt tokens on both sides: {prompt_same}. Greedy output: {agree} (all of them).")
+    else:
+        # Greedy near-ties flip with the prompt's batch split (e.g. 512-token batches vs other splits), so a
+        # parting after identical prompts is float rounding, not a template or sampler difference.
+        notes.append(f"Prompt tokens on both sides: {prompt_same}. Greedy output: {agree}; past that the texts "
+                     "part, as greedy near-ties flip with how the prompt was split into batches.")
     reuse = ", ".join(f"{t['reused_tokens']}/{t['prompt_tokens']}" for t in chat["per_turn"])
     notes.append(f"Chat prompt tokens served from the cache, turn by turn: {reuse}.")
+    spread = max(raw["gen_tps_spread"], app["gen_tps_spread"])
+    if spread > 1.15:
+        notes.append(f"Generation runs varied up to {spread:.2f}× between fastest and slowest: the machine was "
+                     "busy with other work, so trust the medians less.")
     if not stop["generation_valid"]:
         notes.append("Stop while generating: the answer ended before Stop was set in at least one run; ignore it.")
     if not stop["prompt_valid"]:
@@ -760,6 +782,8 @@ def _parser() -> argparse.ArgumentParser:
     # Internal: the parent runs each side as `--side raw|app` in a subprocess.
     p.add_argument("--side", choices=["raw", "app"], help=argparse.SUPPRESS)
     p.add_argument("--facts", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--gen-runs", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--extras", action="store_true", help=argparse.SUPPRESS)  # app: chat and stop too
     p.add_argument("--prompt-tokens", type=int, default=PROMPT_TOKENS, help=argparse.SUPPRESS)
     p.add_argument("--long-prompt-tokens", type=int, default=LONG_PROMPT_TOKENS, help=argparse.SUPPRESS)
     p.add_argument("--chat-turns", type=int, default=CHAT_TURNS, help=argparse.SUPPRESS)
@@ -802,15 +826,23 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     try:
-        say(f"bench: raw llama-cpp-python on {model.name}, {threads} threads...")
-        raw = _run_side("raw", common)
-        say("bench: the app's streaming path, chat and stop...")
-        app = _run_side("app", [*common, "--facts", str(raw["facts"])])
+        say(f"bench: {model.name}, {threads} threads, raw llama-cpp-python and the app in turns...")
+        # Sides alternate, one process each per round, so a busy spell on the machine hits both alike.
+        raws: list[dict[str, Any]] = []
+        apps: list[dict[str, Any]] = []
+        for round_ in range(repeats):
+            raws.append(_run_side("raw", [*common, "--facts", str(raws[0]["facts"]) if raws else "0"]))
+            last = round_ == repeats - 1
+            apps.append(_run_side("app", [*common, "--facts", str(raws[0]["facts"])] + (["--extras"] if last else [])))
         say("bench: window start-up...")
         window = run_window(repeats)
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         say(f"bench.llm: {exc}")
         return 1
+    raw, app = summarise(raws), summarise(apps)
+    raw["system_info"], raw["facts"] = raws[0]["system_info"], raws[0]["facts"]
+    app["chat"], app["stop"] = apps[-1]["chat"], apps[-1]["stop"]
+    raw["prompt_digest"], app["prompt_digest"] = raws[0]["prompt_digest"], apps[0]["prompt_digest"]
     config["seconds"] = round(time.perf_counter() - started, 1)
     result = compare(raw, app, window, _machine(threads, model, raw.pop("system_info")), config)
     print(json.dumps(result, indent=1) if args.json else render_table(result))

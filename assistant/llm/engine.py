@@ -2,7 +2,8 @@
 
 Written on llama-cpp-python's low-level bindings rather than its `Llama` class because the app
 needs what that class hides: load progress and cancel, a Stop that lands within a fraction of a
-second even while a long prompt is being read, KV-cache prefix reuse we can measure, and about
+second even while a long prompt is being read (llama.cpp's abort callback, checked between graph
+nodes, is armed only then: per generated token it would cost more than it saves), KV-cache prefix reuse we can measure, and about
 4 ms less Python per generated token.
 
 One thread owns an Engine at a time (the UI's model worker, or the CLI's main thread).
@@ -29,8 +30,6 @@ _log_lines: deque[str] = deque(maxlen=400)
 _log_callback = None  # keeps the ctypes callback alive for as long as llama.cpp may call it
 _init_lock = threading.Lock()
 
-# Stop must land within 200 ms, so the prompt is read in pieces sized to about this long.
-PROMPT_SLICE_SECONDS = 0.08
 
 
 def _llama():
@@ -184,6 +183,9 @@ class Engine:
         self._cached: list[int] = []  # tokens whose keys and values are in the KV cache, in order
         self._piece_buf = ctypes.create_string_buffer(256)
         self._add_bos = bool(lib.llama_vocab_get_add_bos(self._vocab))
+        self._abort_when = threading.Event()  # the running generation's stop event
+        self._abort_cb = lib.ggml_abort_callback(lambda _data: self._abort_when.is_set())
+        self._no_abort = lib.ggml_abort_callback()  # a NULL function pointer
 
         template = lib.llama_model_chat_template(self._model, None)
         self.formatter = ChatFormatter(
@@ -265,15 +267,35 @@ class Engine:
             del self._cached[shared:]
         return shared
 
-    def _decode(self, tokens: list[int]) -> None:
+    def _decode(self, tokens: list[int]) -> bool:
+        """Evaluate tokens into the KV cache; False when the abort callback stopped it."""
         arr = (self._lib.llama_token * len(tokens))(*tokens)
         status = self._lib.llama_decode(self._ctx, self._lib.llama_batch_get_one(arr, len(tokens)))
+        if status == 2:
+            # Aborted: the micro-batches already done stay in the cache; keep our list in step.
+            kept = self._lib.llama_memory_seq_pos_max(self._memory, 0) + 1
+            self._cached = (self._cached + tokens)[: max(kept, 0)]
+            return False
         if status != 0:
             self.reset_cache()
             if status == 1:
                 raise ContextOverflowError(f"The model's context of {self.n_ctx} tokens is full.")
             raise ModelError(f"llama.cpp failed to evaluate the prompt (code {status}).\n{recent_log(5)}")
         self._cached.extend(tokens)
+        return True
+
+    def _read_prompt(self, tokens: list[int], stop: threading.Event) -> bool:
+        """Decode the prompt in full batches, abortable mid-batch; False if stopped."""
+        lib = self._lib
+        self._abort_when = stop
+        lib.llama_set_abort_callback(self._ctx, self._abort_cb, None)
+        try:
+            for start in range(0, len(tokens), self._n_batch):
+                if stop.is_set() or not self._decode(tokens[start:start + self._n_batch]):
+                    return False
+            return True
+        finally:
+            lib.llama_set_abort_callback(self._ctx, self._no_abort, None)
 
     def _make_report(self, path: Path, threads: int, flash_attn: bool, seconds: float) -> LoadReport:
         lib = self._lib
@@ -328,18 +350,10 @@ class Generation:
         engine, lib, stats, stop = self._engine, self._engine._lib, self.stats, self._stop
         started = time.perf_counter()
         stats.reused_tokens = engine._reuse_prefix(self._tokens)
-        pending = self._tokens[stats.reused_tokens:]
-        slice_size = 32  # grown below to about PROMPT_SLICE_SECONDS of work once speed is known
-        while pending:
-            if stop.is_set():
-                stats.finish_reason = "cancelled"
-                stats.seconds = time.perf_counter() - started
-                return
-            piece, pending = pending[:slice_size], pending[slice_size:]
-            t0 = time.perf_counter()
-            engine._decode(piece)
-            rate = len(piece) / max(time.perf_counter() - t0, 1e-6)
-            slice_size = max(8, min(engine._n_batch, int(rate * PROMPT_SLICE_SECONDS)))
+        if not engine._read_prompt(self._tokens[stats.reused_tokens:], stop):
+            stats.finish_reason = "cancelled"
+            stats.seconds = time.perf_counter() - started
+            return
         stats.prompt_seconds = time.perf_counter() - started
 
         sampler = _make_sampler(lib, lib.llama_vocab_n_tokens(engine._vocab), self._temperature, self._top_p, self._seed)

@@ -255,6 +255,10 @@ def _concat_to_temp(sources: list[Path], folder: Path, name: str) -> Path:
                         out.write(block)
             out.flush()
             os.fsync(out.fileno())
+        # mkstemp makes files 0600; a model file is ordinary data, readable as the umask allows.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise ModelError(f"Could not write {name} to {folder}: {exc.strerror or exc}.") from None

@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     from assistant.ui.main_window import MainWindow
 
     window = MainWindow()
+    # "system" follows the desktop when it switches between light and dark while we run.
+    app.styleHints().colorSchemeChanged.connect(
+        lambda _scheme: window.assistant is not None and window.apply_settings(window.assistant.settings))
     window.show()
     return app.exec()
 

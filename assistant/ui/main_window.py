@@ -219,6 +219,7 @@ class MainWindow(QMainWindow):
         )
 
     def _on_load_failed(self, message: str) -> None:
+        self._drop_empty_answer()
         self.progress.setVisible(False)
         self.model_label.setText("No model loaded")
         self.chat.add("error", message + "\nChoose another model in Settings (Ctrl+,) or drop a .gguf file on the window.")
@@ -245,9 +246,13 @@ class MainWindow(QMainWindow):
         self.refresh_conversations()
 
     def _on_failed(self, message: str) -> None:
-        if self.chat.end_answer() is not None and not self.chat.bubbles[-1].text:
-            self.chat.remove_from(self.chat.bubbles[-1])
+        self._drop_empty_answer()
         self.chat.add("error", message)
+
+    def _drop_empty_answer(self) -> None:
+        bubble = self.chat.end_answer()
+        if bubble is not None and not bubble.text:
+            self.chat.remove_from(bubble)
 
     def _set_busy(self, busy: bool) -> None:
         self.busy = busy
@@ -450,7 +455,11 @@ class MainWindow(QMainWindow):
         from assistant.ui.app import apply_theme
 
         apply_theme(settings.theme)
-        self.chat.dark = self.palette().window().color().lightness() < 128
+        dark = self.palette().window().color().lightness() < 128
+        if dark != self.chat.dark:
+            self.chat.dark = dark
+            if not self.busy:
+                self._reload_messages()  # re-draw the bubbles in the new colours
         self.settingsApplied.emit(settings)
 
     def open_model_file(self) -> None:

@@ -79,8 +79,7 @@ class ModelWorker(QObject):
             if self.assistant.engine is None:
                 self.load()
                 if self.assistant.engine is None:
-                    self.failed.emit("No model is loaded. Pick a model file in Settings.")
-                    return
+                    return  # loadFailed has told the user why
             method = {"send": self.assistant.send, "regenerate": self.assistant.regenerate,
                       "edit": self.assistant.edit_and_resend}[kind]
             for event in method(*args, stop=self.stop_event):

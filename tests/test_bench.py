@@ -1,0 +1,47 @@
+"""The LLM benchmark runs end to end. A smoke test of the benchmark itself, not of speed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_quick_benchmark_reports_both_sides(isolated_home) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.llm", "--json", "--tokens", "16", "--quick"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "ASSISTANT_HOME": str(isolated_home)},
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+
+    for side in ("raw", "app"):
+        figures = data[side]
+        for key in ("prompt_tps", "gen_tps", "ttft_s", "load_s"):
+            assert figures[key] > 0, (side, key, figures[key])
+        # The app may stop at end-of-generation; the raw side always generates exactly --tokens.
+        assert 0 < figures["completion_tokens"] <= 16
+        assert figures["prompt_tokens"] >= 100
+        if sys.platform != "win32":
+            assert figures["peak_rss_mb"] > 0
+    assert data["raw"]["completion_tokens"] == 16
+    assert data["app"]["gen_tps_wall"] > 0
+    assert data["same_output"]["same_prompt_tokens"]  # the app renders and tokenizes as llama.cpp does
+
+    ratios = data["ratios"]
+    for key in ("gen_tps", "gen_tps_wall", "prompt_tps", "ttft", "chat_ttft_last_vs_first",
+                "chat_ttft_last_no_cache_vs_cached"):
+        assert ratios[key] is not None and ratios[key] > 0, key
+    assert data["chat"]["ttft_first_s"] > 0 and data["chat"]["ttft_last_s"] > 0
+    assert data["stop"]["generation_s"] > 0 and data["stop"]["prompt_s"] > 0
+    assert data["window"]["visible_s"] > 0
+    assert set(data["pass"]) >= {"gen_tps", "chat_ttft", "stop_generation", "stop_prompt", "window"}
+    assert data["machine"]["llama_cpp_python"] and data["machine"]["model_file"].endswith(".gguf")
