@@ -158,3 +158,49 @@ def test_dropping_a_broken_gguf_is_reported(qtbot, window: MainWindow, tmp_path)
     window.dropEvent(QDropEvent(QPoint(10, 10), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier))
     qtbot.waitUntil(lambda: any(b.role == "error" and "junk.gguf" in b.text for b in window.chat.bubbles), timeout=10_000)
     assert window.model_ready  # the working model stays loaded
+
+
+@pytest.fixture
+def model_server(default_model, tmp_path):
+    """A real HTTP server on 127.0.0.1 serving a copy of the default model."""
+    import functools
+    import http.server
+    import shutil
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copy(default_model, served / "tiny.gguf")
+    (served / "page.gguf").write_text("<html>not a model</html>")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_download_dialog_fetches_checks_and_reports(qtbot, window: MainWindow, model_server, tmp_path) -> None:
+    from assistant.ui.download_dialog import DownloadDialog
+
+    folder = tmp_path / "models"
+    dialog = DownloadDialog(folder, window.tasks, window)
+    qtbot.addWidget(dialog)
+    # A wrong checksum is refused in plain words and the dialog stays usable.
+    dialog.url.setText(f"{model_server}/tiny.gguf")
+    dialog.sha256.setText("0" * 64)
+    qtbot.mouseClick(dialog.start_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: dialog.start_button.isEnabled(), timeout=30_000)
+    assert "SHA-256" in dialog.status.text() and dialog.downloaded is None
+    # A page that is not a model is refused too.
+    dialog.url.setText(f"{model_server}/page.gguf")
+    dialog.sha256.clear()
+    qtbot.mouseClick(dialog.start_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: dialog.start_button.isEnabled(), timeout=30_000)
+    assert "GGUF" in dialog.status.text()
+    # The real file downloads, with progress shown, and the dialog closes with its path.
+    dialog.url.setText(f"{model_server}/tiny.gguf")
+    with qtbot.waitSignal(dialog.accepted, timeout=60_000):
+        qtbot.mouseClick(dialog.start_button, Qt.LeftButton)
+    assert dialog.downloaded == folder / "tiny.gguf" and dialog.downloaded.stat().st_size > 90_000_000
+    assert "MB" in dialog.status.text()

@@ -166,6 +166,7 @@ class MainWindow(QMainWindow):
         file_menu = menu.addMenu("&File")
         self._action(file_menu, "&New chat", self.new_chat, QKeySequence.New)
         self._action(file_menu, "Open &model file…", self.open_model_file, "Ctrl+O")
+        self._action(file_menu, "&Download model…", self.download_model)
         self._action(file_menu, "Export chat as &Markdown…", lambda: self.export_chat("md"), "Ctrl+E")
         self._action(file_menu, "Export chat as &JSON…", lambda: self.export_chat("json"))
         file_menu.addSeparator()
@@ -480,6 +481,15 @@ class MainWindow(QMainWindow):
 
         self.tasks.submit(register, lambda p: self.apply_settings(replace(self.assistant.settings, model_path=str(p))),
                           lambda exc: self.chat.add("error", str(exc)))
+
+    def download_model(self) -> None:
+        if self.assistant is None:
+            return
+        from assistant.ui.download_dialog import DownloadDialog
+
+        dialog = DownloadDialog(self.assistant.home / "models", self.tasks, self)
+        if dialog.exec() and dialog.downloaded is not None:
+            self.use_model_file(str(dialog.downloaded))
 
     def about(self) -> None:
         QMessageBox.about(
