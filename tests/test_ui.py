@@ -204,3 +204,25 @@ def test_download_dialog_fetches_checks_and_reports(qtbot, window: MainWindow, m
         qtbot.mouseClick(dialog.start_button, Qt.LeftButton)
     assert dialog.downloaded == folder / "tiny.gguf" and dialog.downloaded.stat().st_size > 90_000_000
     assert "MB" in dialog.status.text()
+
+
+def test_dark_theme_reaches_the_bubbles(qtbot, isolated_home, artifacts) -> None:
+    from PySide6.QtWidgets import QApplication
+
+    Settings(theme="dark", max_tokens=30).save()
+    w = MainWindow()
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitUntil(lambda: w.model_ready, timeout=30_000)
+    try:
+        assert QApplication.palette().window().color().lightness() < 128
+        type_and_send(qtbot, w, "Say hi.")
+        qtbot.waitUntil(lambda: not w.busy and len(w.chat.bubbles) == 2, timeout=20_000)
+        assert all(b.dark for b in w.chat.bubbles)
+        w.grab().save(str(artifacts / "main_window_dark.png"))
+        # Switching back to light re-draws the conversation in light colours.
+        w.apply_settings(Settings(theme="light", max_tokens=30))
+        qtbot.waitUntil(lambda: len(w.chat.bubbles) == 2 and not any(b.dark for b in w.chat.bubbles), timeout=5_000)
+    finally:
+        w.apply_settings(Settings(theme="light"))
+        w.close()

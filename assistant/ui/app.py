@@ -10,14 +10,15 @@ from PySide6.QtGui import QColor, QGuiApplication, QIcon, QPalette
 from PySide6.QtWidgets import QApplication
 
 
-def apply_theme(theme: str) -> None:
-    """system | light | dark. Fusion renders both palettes the same on every platform."""
+def apply_theme(theme: str) -> bool:
+    """system | light | dark; returns True when dark. Fusion renders both the same on every platform."""
     app = QApplication.instance()
     app.setStyle("Fusion")
     dark = theme == "dark"
     if theme == "system":
         dark = QGuiApplication.styleHints().colorScheme() == Qt.ColorScheme.Dark
     app.setPalette(_dark_palette() if dark else app.style().standardPalette())
+    return dark
 
 
 def _dark_palette() -> QPalette:

@@ -197,8 +197,7 @@ class MainWindow(QMainWindow):
         self.assistant = assistant
         from assistant.ui.app import apply_theme
 
-        apply_theme(assistant.settings.theme)
-        self.chat.dark = self.palette().window().color().lightness() < 128
+        self.chat.dark = apply_theme(assistant.settings.theme)
         self.refresh_conversations(select_first=True)
 
     def _on_loading(self, name: str) -> None:
@@ -455,8 +454,7 @@ class MainWindow(QMainWindow):
     def apply_settings(self, settings) -> None:
         from assistant.ui.app import apply_theme
 
-        apply_theme(settings.theme)
-        dark = self.palette().window().color().lightness() < 128
+        dark = apply_theme(settings.theme)
         if dark != self.chat.dark:
             self.chat.dark = dark
             if not self.busy:
