@@ -86,7 +86,7 @@ class MainWindow(QMainWindow):
         w.trimmed.connect(self._on_trimmed)
         w.finished.connect(self._on_finished)
         w.failed.connect(self._on_failed)
-        w.busyChanged.connect(self._set_busy)
+        w.idle.connect(self._on_idle)
         self.thread.start()
 
     # -- layout ---------------------------------------------------------------------------
@@ -242,8 +242,6 @@ class MainWindow(QMainWindow):
         if self.last_report is not None:
             used = done.prompt_tokens + done.completion_tokens
             self.context_label.setText(f"context {used}/{self.last_report.n_ctx}")
-        self._reload_messages()  # picks up saved message ids (edit needs them) and new titles
-        self.refresh_conversations()
 
     def _on_failed(self, message: str) -> None:
         self._drop_empty_answer()
@@ -253,6 +251,12 @@ class MainWindow(QMainWindow):
         bubble = self.chat.end_answer()
         if bubble is not None and not bubble.text:
             self.chat.remove_from(bubble)
+
+    def _on_idle(self) -> None:
+        # Busy ends only here, so a request can never overlap the one before it.
+        self._set_busy(False)
+        self._reload_messages()  # picks up saved message ids (edit needs them) and new titles
+        self.refresh_conversations()
 
     def _set_busy(self, busy: bool) -> None:
         self.busy = busy

@@ -25,7 +25,7 @@ class ModelWorker(QObject):
     trimmed = Signal(object)  # ContextTrimmed
     finished = Signal(object)  # Done
     failed = Signal(str)
-    busyChanged = Signal(bool)
+    idle = Signal()  # a run is over, whatever its outcome; always after its finished/failed
 
     def __init__(self) -> None:
         super().__init__()
@@ -74,7 +74,6 @@ class ModelWorker(QObject):
     def run(self, kind: str, args: tuple) -> None:
         """kind: send (conversation_id, text) | regenerate (conversation_id,) | edit (conversation_id, message_id, text)."""
         self.stop_event.clear()
-        self.busyChanged.emit(True)
         try:
             if self.assistant.engine is None:
                 self.load()
@@ -97,4 +96,4 @@ class ModelWorker(QObject):
             log.exception("generation failed")
             self.failed.emit(f"Something went wrong while answering: {exc}")
         finally:
-            self.busyChanged.emit(False)
+            self.idle.emit()
