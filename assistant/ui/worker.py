@@ -9,7 +9,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 
 from assistant.config import Settings
 from assistant.core import Assistant
-from assistant.errors import AssistantError
+from assistant.errors import AssistantError, SettingsError
 from assistant.events import ContextTrimmed, Done, Error, Token
 
 log = logging.getLogger(__name__)
@@ -30,24 +30,28 @@ class ModelWorker(QObject):
     def __init__(self) -> None:
         super().__init__()
         self.assistant: Assistant | None = None
-        # Set from the UI thread; checked between tokens, so Stop lands within a token's time.
+        # Set and cleared by the UI thread (so a Stop pressed before a job starts still counts);
+        # checked between tokens and inside llama.cpp, so Stop lands within a token's time.
         self.stop_event = threading.Event()
         self.load_cancel = threading.Event()
 
     @Slot()
     def start(self) -> None:
         try:
-            self.assistant = Assistant()
-        except AssistantError as exc:
-            # A broken settings file must not stop the app: start on defaults and say why.
-            self.failed.emit(str(exc))
-            self.assistant = Assistant(Settings())
+            try:
+                self.assistant = Assistant()
+            except SettingsError as exc:
+                # A broken settings file must not stop the app: start on defaults and say why.
+                self.failed.emit(f"{exc} Starting with default settings.")
+                self.assistant = Assistant(Settings())
+        except (AssistantError, OSError) as exc:  # no usable data folder or database
+            self.loadFailed.emit(f"The app could not open its data: {exc}")
+            return
         self.ready.emit(self.assistant)
         self.load()
 
     @Slot()
     def load(self) -> None:
-        self.load_cancel.clear()
         try:
             path = self.assistant.model_path()
             self.loading.emit(path.name)
@@ -64,7 +68,7 @@ class ModelWorker(QObject):
     def apply_settings(self, settings: Settings) -> None:
         try:
             reload = self.assistant.update_settings(settings)
-        except AssistantError as exc:
+        except (AssistantError, OSError) as exc:
             self.failed.emit(str(exc))
             return
         if reload:
@@ -73,7 +77,6 @@ class ModelWorker(QObject):
     @Slot(str, object)
     def run(self, kind: str, args: tuple) -> None:
         """kind: send (conversation_id, text) | regenerate (conversation_id,) | edit (conversation_id, message_id, text)."""
-        self.stop_event.clear()
         try:
             if self.assistant.engine is None:
                 self.load()
