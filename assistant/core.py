@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from assistant.config import Settings, data_dir, db_path
@@ -15,6 +16,10 @@ from assistant.errors import AssistantError, ContextOverflowError
 from assistant.events import ContextTrimmed, Done, Error, Event, Token
 from assistant.llm.engine import Engine, LoadReport
 from assistant.memory.conversations import ConversationStore
+
+# When older turns must go, cut down to this share of the room, so the next few turns fit without
+# moving the cut and reuse the KV cache instead of re-reading the whole prompt every turn.
+TRIM_TARGET = 0.75
 
 # Settings that need the model reloaded when they change.
 ENGINE_SETTINGS = ("model_path", "n_ctx", "n_threads", "n_gpu_layers", "flash_attn")
@@ -26,6 +31,7 @@ class Assistant:
         self.settings = (settings or Settings.load(self.home)).validate()
         self.conversations = ConversationStore(db_path(self.home))
         self.engine: Engine | None = None
+        self._cut: tuple[int, str] | None = None  # where the last trim started: (index, that message's text)
 
     # -- model --------------------------------------------------------------------------
 
@@ -112,15 +118,15 @@ class Assistant:
         yield from self._answer(conversation_id, stop)
 
     def regenerate(self, conversation_id: int, stop: threading.Event | None = None) -> Iterator[Event]:
-        """Drop the last answer and answer the last question again."""
+        """Answer the last question again; the old answer goes only once a new one is saved."""
         messages = self.conversations.messages(conversation_id)
-        if messages and messages[-1].role == "assistant":
-            self.conversations.delete_from(conversation_id, messages[-1].id)
+        old = messages[-1] if messages and messages[-1].role == "assistant" else None
+        if old is not None:
             messages = messages[:-1]
         if not messages or messages[-1].role != "user":
             yield Error("There is no question to answer again in this chat.")
             return
-        yield from self._answer(conversation_id, stop)
+        yield from self._answer(conversation_id, stop, replaces=old.id if old else None)
 
     def edit_and_resend(
         self, conversation_id: int, message_id: int, text: str, stop: threading.Event | None = None
@@ -132,18 +138,16 @@ class Assistant:
         self.conversations.delete_from(conversation_id, message_id)
         yield from self.send(conversation_id, text, stop)
 
-    def _answer(self, conversation_id: int, stop: threading.Event | None) -> Iterator[Event]:
-        history = [{"role": m.role, "content": m.content} for m in self.conversations.messages(conversation_id)]
-        parts: list[str] = []
+    def _answer(self, conversation_id: int, stop: threading.Event | None, replaces: int | None = None) -> Iterator[Event]:
+        history = _alternating([m for m in self.conversations.messages(conversation_id) if m.id != replaces])
         for event in self.stream(self._with_system(history), stop):
-            if isinstance(event, Token):
-                parts.append(event.text)
-            elif isinstance(event, Done):
+            if isinstance(event, Done) and (event.answer or event.finish_reason != "cancelled"):
                 meta = {k: getattr(event, k) for k in (
                     "finish_reason", "prompt_tokens", "completion_tokens", "tokens_per_second", "seconds")}
-                if event.answer or event.finish_reason != "cancelled":
-                    saved = self.conversations.add_message(conversation_id, "assistant", event.answer, meta)
-                    event = _with_message_id(event, saved.id)
+                if replaces is not None:
+                    self.conversations.delete_from(conversation_id, replaces)
+                saved = self.conversations.add_message(conversation_id, "assistant", event.answer, meta)
+                event = replace(event, message_id=saved.id)
             yield event
 
     def _with_system(self, history: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -160,31 +164,63 @@ class Assistant:
         limit = engine.n_ctx - reserve
         system = [m for m in messages[:1] if m["role"] == "system"]
         turns = messages[len(system):]
-        dropped = 0
-        while True:
+
+        def tokens_from(start: int) -> list[int]:
             try:
-                tokens = engine.tokenize(engine.render(system + turns))
-            except ValueError as exc:  # the chat template refused this conversation shape
-                raise AssistantError(str(exc)) from exc
-            if len(tokens) <= limit:
-                return tokens, dropped, len(turns)
-            if len(turns) <= 1:
-                raise ContextOverflowError(
-                    f"This message is {len(tokens)} tokens long with the system prompt, but the model's "
-                    f"context of {engine.n_ctx} tokens leaves room for {limit} (the rest is kept for the reply). "
-                    "Shorten the message or raise the context size in Settings."
-                )
-            # Drop a whole exchange so the conversation still starts with a user turn.
-            cut = 2 if len(turns) > 2 and turns[1]["role"] == "assistant" else 1
-            turns = turns[cut:]
-            dropped += cut
+                return engine.tokenize(engine.render(system + turns[start:]))
+            except Exception as exc:  # jinja2 errors, and the template's own raise_exception
+                raise AssistantError(f"The model's chat template could not format this chat: {exc}") from exc
+
+        tokens = tokens_from(0)
+        if len(tokens) <= limit:
+            return tokens, 0, len(turns)
+        if self._cut is not None:  # the same chat going on: keep the cut while it still fits
+            start, text = self._cut
+            if start < len(turns) and turns[start]["content"] == text:
+                tokens = tokens_from(start)
+                if len(tokens) <= limit:
+                    return tokens, start, len(turns) - start
+        # Cut only where a user turn starts, so the prompt still opens with a question. The
+        # prompt shrinks as the cut moves later, so binary search: a few renders, not one per turn.
+        cuts = sorted({i for i in range(1, len(turns)) if turns[i]["role"] == "user"} | {len(turns) - 1})
+        best = None
+        for room in (int(limit * TRIM_TARGET), limit):
+            low, high = 0, len(cuts) - 1
+            while low <= high:
+                mid = (low + high) // 2
+                candidate = tokens_from(cuts[mid])
+                if len(candidate) <= room:
+                    best, high = (cuts[mid], candidate), mid - 1
+                else:
+                    low = mid + 1
+            if best is not None:
+                break
+        if best is None:
+            tokens = tokens_from(len(turns) - 1)
+            raise ContextOverflowError(
+                f"This message is {len(tokens)} tokens long with the system prompt, but the model's "
+                f"context of {engine.n_ctx} tokens leaves room for {limit} (the rest is kept for the reply). "
+                "Shorten the message or raise the context size in Settings."
+            )
+        start, tokens = best
+        self._cut = (start, turns[start]["content"])
+        return tokens, start, len(turns) - start
 
     def close(self) -> None:
         self.unload_model()
         self.conversations.close()
 
 
-def _with_message_id(event: Done, message_id: int) -> Done:
-    from dataclasses import replace
+def _alternating(messages: list) -> list[dict[str, str]]:
+    """History as role/content dicts, keeping only the last of several unanswered questions in a row.
 
-    return replace(event, message_id=message_id)
+    A question whose answer failed or was stopped early stays saved, but many chat templates
+    refuse two user turns in a row, and the model should answer the latest one.
+    """
+    history: list[dict[str, str]] = []
+    for m in messages:
+        if history and m.role == "user" and history[-1]["role"] == "user":
+            history[-1] = {"role": m.role, "content": m.content}
+        else:
+            history.append({"role": m.role, "content": m.content})
+    return history

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from assistant.config import Settings
-from assistant.core import Assistant
+from assistant.core import TRIM_TARGET, Assistant
 from assistant.events import ContextTrimmed, Done, Error, Token
 
 
@@ -150,3 +150,53 @@ def test_changing_engine_settings_asks_for_a_reload(assistant: Assistant) -> Non
     bigger = Settings(**{**assistant.settings.__dict__, "n_ctx": 1024})
     assert assistant.update_settings(bigger) is True and assistant.engine is None
     assert Settings.load(assistant.home).n_ctx == 1024
+
+
+def test_unanswered_questions_do_not_break_strict_templates(assistant: Assistant) -> None:
+    conv = assistant.conversations.create()
+    stop = threading.Event()
+    stop.set()  # stopped before the first token: the question stays, no answer is saved
+    run(assistant.send(conv.id, "First question, never answered.", stop))
+    assert [m.role for m in assistant.conversations.messages(conv.id)] == ["user"]
+    text, events = run(assistant.send(conv.id, "What is the capital of France?"))
+    assert isinstance(events[-1], Done) and "Paris" in text
+    assert [m.role for m in assistant.conversations.messages(conv.id)] == ["user", "user", "assistant"]
+
+
+def test_regenerate_keeps_the_old_answer_until_a_new_one_exists(assistant: Assistant) -> None:
+    conv = assistant.conversations.create()
+    run(assistant.send(conv.id, "Name a colour."))
+    before = assistant.conversations.messages(conv.id)
+    stop = threading.Event()
+    stop.set()
+    run(assistant.regenerate(conv.id, stop))
+    assert assistant.conversations.messages(conv.id) == before
+
+
+def test_trimming_keeps_as_much_recent_history_as_fits(isolated_home) -> None:
+    a = Assistant(Settings(n_ctx=512, max_tokens=64), home=isolated_home)
+    try:
+        a.load_model()
+        history = [{"role": "system", "content": "Be brief."}]
+        for i in range(30):
+            history += [{"role": "user", "content": f"Question number {i} about topic {i}?"},
+                        {"role": "assistant", "content": f"Answer number {i}, which is short."}]
+        history.append({"role": "user", "content": "Last question?"})
+        tokens, dropped, kept = a._fit(history)
+        limit = 512 - 64
+        room = int(limit * TRIM_TARGET)  # a fresh cut leaves headroom so the next turns reuse the cache
+        assert len(tokens) <= room and dropped + kept == 61 and dropped % 2 == 0
+        # One exchange more would not have fitted that room: nothing was dropped needlessly.
+        more = a.engine.tokenize(a.engine.render(history[:1] + history[1 + dropped - 2:]))
+        assert len(more) > room
+        # The next turn keeps the same cut (same prefix, so the KV cache is reused)...
+        history += [{"role": "assistant", "content": "Fine."}, {"role": "user", "content": "And then?"}]
+        _, dropped_next, _ = a._fit(history)
+        assert dropped_next == dropped
+        # ...until it no longer fits.
+        for i in range(20):
+            history += [{"role": "assistant", "content": f"More words {i} " * 3}, {"role": "user", "content": "Go on?"}]
+        tokens, dropped_later, _ = a._fit(history)
+        assert dropped_later > dropped and len(tokens) <= limit
+    finally:
+        a.close()

@@ -64,6 +64,7 @@ class MainWindow(QMainWindow):
         self.settings = None  # the latest settings the user applied (the worker's copy may lag behind)
         self.closing = False
         self._answered = False  # the last run ended with an answer, so the saved chat is worth re-reading
+        self._last_trim: tuple[int | None, int] = (None, 0)
         self.conversation_id: int | None = None
         self.busy = False
         self.model_ready = False
@@ -237,6 +238,10 @@ class MainWindow(QMainWindow):
         self.chat.add("error", message + "\nChoose another model in Settings (Ctrl+,) or drop a .gguf file on the window.")
 
     def _on_trimmed(self, event: ContextTrimmed) -> None:
+        self.context_label.setToolTip(f"{event.dropped_messages} older messages are not in the model's view")
+        if self._last_trim == (self.conversation_id, event.dropped_messages):
+            return  # the same cut as last turn: said once is enough
+        self._last_trim = (self.conversation_id, event.dropped_messages)
         self.chat.add(
             "notice",
             f"{event.dropped_messages} older messages were left out of what the model sees, so the conversation "
