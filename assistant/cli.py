@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -93,16 +95,15 @@ def _gui(args: argparse.Namespace) -> int:
 
 
 def _ask(args: argparse.Namespace) -> int:
-    from assistant.events import ContextTrimmed, Done, Error, Token
+    from assistant.events import Done, Error
 
     assistant = _assistant(args)
     result: dict = {}
-    for event in assistant.ask(args.question):
-        if isinstance(event, Token) and not args.json:
-            print(event.text, end="", flush=True)
-        elif isinstance(event, ContextTrimmed) and not args.json:
-            print(f"[{event.dropped_messages} older messages left out to fit the context]", file=sys.stderr)
-        elif isinstance(event, Error):
+    stop = threading.Event()
+    with _ctrl_c_sets(stop):
+        events = list(_echo(assistant.ask(args.question, stop), args.json))
+    for event in events:
+        if isinstance(event, Error):
             print(f"assistant: {event.message}", file=sys.stderr)
             return 1
         elif isinstance(event, Done):
@@ -120,7 +121,21 @@ def _ask(args: argparse.Namespace) -> int:
         print(json.dumps(result, ensure_ascii=False))
     else:
         print()
+        if result["finish_reason"] != "stop":
+            print(f"[{_summary(events[-1])}]", file=sys.stderr)
     return 0
+
+
+def _echo(events, quiet: bool):
+    """Print tokens as they stream (unless quiet) and pass every event on."""
+    from assistant.events import ContextTrimmed, Token
+
+    for event in events:
+        if not quiet and isinstance(event, Token):
+            print(event.text, end="", flush=True)
+        elif not quiet and isinstance(event, ContextTrimmed):
+            print(f"[{event.dropped_messages} older messages left out to fit the context]", file=sys.stderr)
+        yield event
 
 
 def _chat(args: argparse.Namespace) -> int:
@@ -144,7 +159,7 @@ def _chat(args: argparse.Namespace) -> int:
             print("(new chat)")
             continue
         stop = threading.Event()
-        try:
+        with _ctrl_c_sets(stop):
             for event in assistant.send(conversation.id, text, stop):
                 if isinstance(event, Token):
                     print(event.text, end="", flush=True)
@@ -153,10 +168,23 @@ def _chat(args: argparse.Namespace) -> int:
                 elif isinstance(event, Error):
                     print(f"\n{event.message}", file=sys.stderr)
                 elif isinstance(event, Done):
-                    print(f"\n[{event.completion_tokens} tokens, {event.tokens_per_second:.1f} tok/s]", file=sys.stderr)
-        except KeyboardInterrupt:
-            stop.set()
-            print("\n[stopped]", file=sys.stderr)
+                    print(f"\n[{_summary(event)}]", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _ctrl_c_sets(stop: threading.Event):
+    """Ctrl-C stops the answer cleanly instead of raising wherever Python happens to be
+    (possibly inside a llama.cpp callback, where the exception would be swallowed)."""
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _summary(done) -> str:
+    ending = {"cancelled": ", stopped", "length": ", cut short: max tokens or context full"}.get(done.finish_reason, "")
+    return f"{done.completion_tokens} tokens, {done.tokens_per_second:.1f} tok/s{ending}"
 
 
 def _models(args: argparse.Namespace) -> int:

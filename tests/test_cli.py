@@ -70,3 +70,21 @@ def test_chat_repl(isolated_home) -> None:
                             env={**os.environ, "ASSISTANT_HOME": str(isolated_home)})
     assert result.returncode == 0, result.stderr
     assert "tok/s" in result.stderr and result.stdout.strip().startswith(">")
+
+
+def test_ctrl_c_stops_the_answer_not_the_chat(isolated_home) -> None:
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "assistant", "chat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "ASSISTANT_HOME": str(isolated_home)})
+    proc.stdin.write("Write a very long story about a dragon and a knight.\n")
+    proc.stdin.flush()
+    deadline = time.time() + 60
+    seen = ""
+    while len(seen) < 40 and time.time() < deadline:  # wait until the answer is streaming
+        seen += proc.stdout.read(1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate("/quit\n", timeout=60)
+    assert proc.returncode == 0, err
+    assert "stopped" in err and "Traceback" not in err

@@ -187,13 +187,17 @@ class Engine:
         self._abort_cb = lib.ggml_abort_callback(lambda _data: self._abort_when.is_set())
         self._no_abort = lib.ggml_abort_callback()  # a NULL function pointer
 
-        template = lib.llama_model_chat_template(self._model, None)
-        self.formatter = ChatFormatter(
-            template.decode("utf-8") if template else None,
-            bos_token=self._piece(lib.llama_vocab_bos(self._vocab), special=True),
-            eos_token=self._piece(lib.llama_vocab_eos(self._vocab), special=True),
-        )
-        self.report = self._make_report(path, threads, flash_attn, time.perf_counter() - started)
+        try:
+            template = lib.llama_model_chat_template(self._model, None)
+            self.formatter = ChatFormatter(
+                template.decode("utf-8", errors="replace") if template else None,
+                bos_token=self._special_piece(lib.llama_vocab_bos(self._vocab)),
+                eos_token=self._special_piece(lib.llama_vocab_eos(self._vocab)),
+            )
+            self.report = self._make_report(path, threads, flash_attn, time.perf_counter() - started)
+        except Exception as exc:
+            self.close()  # free the model now, not whenever the garbage collector gets to it
+            raise ModelError(f"The model {path.name} loaded, but its chat template is unusable: {exc}") from exc
 
     # -- tokens ---------------------------------------------------------------------------
 
@@ -216,8 +220,9 @@ class Engine:
     def render(self, messages: list[dict[str, str]]) -> str:
         return self.formatter.render(messages, add_generation_prompt=True)
 
-    def _piece(self, token: int, special: bool = False) -> str:
-        return self._piece_bytes(token, special).decode("utf-8", errors="replace")
+    def _special_piece(self, token: int) -> str:
+        # -1 means the vocabulary has no such token; llama.cpp would throw through its C API.
+        return "" if token < 0 else self._piece_bytes(token, special=True).decode("utf-8", errors="replace")
 
     def _piece_bytes(self, token: int, special: bool = False) -> bytes:
         n = self._lib.llama_token_to_piece(self._vocab, token, self._piece_buf, len(self._piece_buf), 0, special)
@@ -260,11 +265,12 @@ class Engine:
                 break
             shared += 1
         shared = min(shared, len(tokens) - 1)  # the last prompt token must be decoded for its logits
-        if shared < len(self._cached):
-            if not self._lib.llama_memory_seq_rm(self._memory, -1, shared, -1):
-                self.reset_cache()  # some memory types (recurrent) cannot drop a tail
-                return 0
-            del self._cached[shared:]
+        # Always drop the tail, even when our list ends at `shared`: if an interrupt landed between
+        # a decode and our bookkeeping, the cache holds more than we think, and this heals it.
+        if not self._lib.llama_memory_seq_rm(self._memory, -1, shared, -1):
+            self.reset_cache()  # some memory types (recurrent) cannot drop a tail
+            return 0
+        del self._cached[shared:]
         return shared
 
     def _decode(self, tokens: list[int]) -> bool:
