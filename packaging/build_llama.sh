@@ -12,7 +12,11 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 
 flags="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
 tag=avx2
-if grep -qw avx512f /proc/cpuinfo 2>/dev/null && grep -qw avx512_vnni /proc/cpuinfo 2>/dev/null \
+if [ -r /proc/cpuinfo ] && ! grep -qw avx2 /proc/cpuinfo; then
+  flags="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=OFF -DGGML_FMA=OFF -DGGML_F16C=OFF"  # older CPUs
+  tag=avx
+fi
+if [ "$tag" = avx2 ] && grep -qw avx512f /proc/cpuinfo 2>/dev/null && grep -qw avx512_vnni /proc/cpuinfo 2>/dev/null \
    && grep -qw avx512vbmi /proc/cpuinfo 2>/dev/null && grep -qw avx512_bf16 /proc/cpuinfo 2>/dev/null; then
   # Measured faster here (prompt 656-702 vs 448 tok/s on a 270M model) and still avoids AMX.
   flags="$flags -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON -DGGML_BMI2=ON"

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from assistant.errors import ContextOverflowError, ModelError
@@ -92,9 +92,6 @@ class LoadReport:
             else f"CPU, {self.n_threads} threads"
         )
         return f"{Path(self.model_path).name} · {where} · ctx {self.n_ctx}"
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -397,14 +394,17 @@ class Generation:
             stats.seconds = time.perf_counter() - started
 
 
-def _make_sampler(lib, n_vocab: int, temperature: float, top_p: float, seed: int | None, repeat_penalty: float = 1.1):
+REPEAT_PENALTY = 1.1
+
+
+def _make_sampler(lib, n_vocab: int, temperature: float, top_p: float, seed: int | None):
     chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
     if temperature <= 0:
         lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
         return chain
     lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(40))
     # A mild repeat penalty (after top-k, where it is cheap): small models otherwise loop on a phrase.
-    lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_penalties(n_vocab, 64, repeat_penalty, 0.0, 0.0))
+    lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_penalties(n_vocab, 64, REPEAT_PENALTY, 0.0, 0.0))
     lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(top_p, 1))
     lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_min_p(0.05, 1))
     lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(temperature))

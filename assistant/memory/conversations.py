@@ -94,13 +94,6 @@ class ConversationStore:
                 )
         return Message(cur.lastrowid, conversation_id, role, content, now, meta or {})
 
-    def update_message(self, message_id: int, content: str, meta: dict | None = None) -> None:
-        conn = self.db.connect()
-        if meta is None:
-            conn.execute("UPDATE messages SET content = ? WHERE id = ?", (content, message_id))
-        else:
-            conn.execute("UPDATE messages SET content = ?, meta = ? WHERE id = ?", (content, json.dumps(meta), message_id))
-
     def messages(self, conversation_id: int) -> list[Message]:
         rows = self.db.connect().execute(
             "SELECT * FROM messages WHERE conversation_id = ? ORDER BY id", (conversation_id,)

@@ -22,7 +22,6 @@ ROLE_NAMES = {"user": "You", "assistant": "Assistant", "notice": "Note", "error"
 
 class MessageBubble(QFrame):
     editRequested = Signal(object)  # the bubble
-    regenerateRequested = Signal()
 
     def __init__(self, role: str, text: str = "", message_id: int | None = None, dark: bool = False) -> None:
         super().__init__()
