@@ -42,6 +42,19 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--model", help="a GGUF file to use instead of the one in Settings")
     ask.add_argument("--max-tokens", type=int)
     ask.add_argument("--temperature", type=float)
+    ask.add_argument("--collection", help="answer from the documents of this collection, with citations")
+
+    index = sub.add_parser("index", help="index files and folders for document search")
+    index.add_argument("paths", nargs="+")
+    index.add_argument("--collection", default="default")
+    index.add_argument("--json", action="store_true", help="print a JSON summary")
+
+    search = sub.add_parser("search", help="search indexed documents")
+    search.add_argument("query")
+    search.add_argument("--collection", default="default")
+    search.add_argument("--k", type=int, default=10)
+    search.add_argument("--mode", choices=["hybrid", "dense", "keyword"], default="hybrid")
+    search.add_argument("--json", action="store_true")
 
     models = sub.add_parser("models", help="list, add, inspect or download GGUF models")
     msub = models.add_subparsers(dest="models_command", required=True)
@@ -95,15 +108,18 @@ def _gui(args: argparse.Namespace) -> int:
 
 
 def _ask(args: argparse.Namespace) -> int:
-    from assistant.events import Done, Error
+    from assistant.events import Done, Error, Sources
 
     assistant = _assistant(args)
     result: dict = {}
     stop = threading.Event()
     with _ctrl_c_sets(stop):
-        events = list(_echo(assistant.ask(args.question, stop), args.json))
+        events = list(_echo(assistant.ask(args.question, stop, args.collection), args.json))
+    sources = None
     for event in events:
-        if isinstance(event, Error):
+        if isinstance(event, Sources):
+            sources = event
+        elif isinstance(event, Error):
             print(f"assistant: {event.message}", file=sys.stderr)
             return 1
         elif isinstance(event, Done):
@@ -117,12 +133,61 @@ def _ask(args: argparse.Namespace) -> int:
                 "time_to_first_token": round(event.time_to_first_token, 3),
                 "finish_reason": event.finish_reason,
             }
+            if assistant.engine is None:  # answered without the model: nothing relevant was found
+                result["model"] = None
+            if sources is not None:
+                result["sources"] = [{"n": s.n, "file": s.file, "page": s.page, "text": s.text}
+                                     for s in sources.sources]
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
     else:
         print()
         if result["finish_reason"] != "stop":
             print(f"[{_summary(events[-1])}]", file=sys.stderr)
+        for s in sources.sources if sources else ():
+            place = Path(s.file).name + (f", page {s.page}" if s.page else "")
+            print(f"[{s.n}] {place}: {' '.join(s.text.split())[:100]}…", file=sys.stderr)
+    return 0
+
+
+def _index(args: argparse.Namespace) -> int:
+    assistant = _assistant(args)
+    tty = sys.stderr.isatty()
+
+    def progress(p) -> None:
+        if tty:
+            eta = f", about {p.eta_s:.0f} s left" if p.eta_s is not None else ""
+            name = Path(p.current_file).name if p.current_file else ""
+            line = f"{p.files_done}/{p.files_total} files, {p.chunks_done} chunks, {p.rate_chunks_per_s:.0f}/s{eta} {name}"
+            print(f"\r{line[:110]:110}", end="", file=sys.stderr, flush=True)
+
+    stop = threading.Event()
+    with _ctrl_c_sets(stop):
+        report = assistant.index([Path(p).expanduser() for p in args.paths], args.collection, progress, stop)
+    if tty:
+        print(file=sys.stderr)
+    summary = report.as_dict()
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False))
+    else:
+        print(f"{summary['files_indexed']} files indexed, {summary['files_skipped']} skipped, "
+              f"{len(summary['files_failed'])} failed; {summary['chunks_added']} chunks added, "
+              f"{summary['chunks_removed']} removed in {summary['seconds']:.1f} s")
+        for failed in summary["files_failed"]:
+            print(f"  failed: {failed['path']}: {failed['error']}")
+    return 130 if stop.is_set() else 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    assistant = _assistant(args)
+    hits = assistant.search(args.query, args.collection, args.k, args.mode)
+    if args.json:
+        print(json.dumps([{"file": h.file, "page": h.page, "score": round(h.score, 4), "text": h.text,
+                           "chunk_id": h.chunk_id} for h in hits], ensure_ascii=False))
+    else:
+        for n, h in enumerate(hits, 1):
+            place = h.file + (f", page {h.page}" if h.page else "")
+            print(f"{n}. {place} (score {h.score:.3f}; {', '.join(h.why)})\n   {' '.join(h.text.split())[:200]}")
     return 0
 
 
@@ -253,4 +318,5 @@ def _bench_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-_COMMANDS = {"gui": _gui, "ask": _ask, "chat": _chat, "models": _models, "bench": _bench}
+_COMMANDS = {"gui": _gui, "ask": _ask, "chat": _chat, "models": _models, "bench": _bench, "index": _index,
+             "search": _search}

@@ -62,6 +62,9 @@ class Settings:
     max_tokens: int = 512
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     theme: str = "system"  # system | light | dark
+    top_k: int = 5  # passages from the user's documents given to the model
+    search_mode: str = "hybrid"  # hybrid | dense | keyword
+    min_similarity: float = 0.25  # below this cosine, a passage is not about the question
 
     def validate(self) -> Settings:
         """Raise SettingsError naming the first value the app cannot use."""
@@ -73,6 +76,10 @@ class Settings:
             (0.0 < self.top_p <= 1.0, f"Top-p must be above 0 and at most 1, not {self.top_p}."),
             (1 <= self.max_tokens <= 1_048_576, f"Max tokens must be at least 1, not {self.max_tokens}."),
             (self.theme in ("system", "light", "dark"), f"Theme must be system, light or dark, not {self.theme!r}."),
+            (1 <= self.top_k <= 50, f"Passages per answer must be between 1 and 50, not {self.top_k}."),
+            (self.search_mode in ("hybrid", "dense", "keyword"),
+             f"Search mode must be hybrid, dense or keyword, not {self.search_mode!r}."),
+            (-1.0 <= self.min_similarity <= 1.0, f"Minimum similarity must be between -1 and 1, not {self.min_similarity}."),
         ]
         for ok, message in checks:
             if not ok:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from assistant.config import Settings, data_dir, db_path
 from assistant.errors import AssistantError, ContextOverflowError
-from assistant.events import ContextTrimmed, Done, Error, Event, Token
+from assistant.events import ContextTrimmed, Done, Error, Event, Source, Sources, Token
 from assistant.llm.engine import Engine, LoadReport
 from assistant.memory.conversations import ConversationStore
 
@@ -31,6 +31,9 @@ class Assistant:
         self.settings = (settings or Settings.load(self.home)).validate()
         self.conversations = ConversationStore(db_path(self.home))
         self.engine: Engine | None = None
+        self._documents = None  # DocumentStore, opened on first use
+        self._embedder = None  # Embedder: loads torch, so only when documents are used
+        self._rag_lock = threading.Lock()
         self._cut: tuple[int, str] | None = None  # where the last trim started: (index, that message's text)
 
     # -- model --------------------------------------------------------------------------
@@ -70,11 +73,76 @@ class Assistant:
             self.unload_model()
         return reload
 
+    # -- documents ----------------------------------------------------------------------
+
+    @property
+    def documents(self):
+        """The document store (SQLite + FAISS), opened on first use."""
+        with self._rag_lock:
+            if self._documents is None:
+                from assistant.rag.store import DocumentStore
+
+                self._documents = DocumentStore(self.home)
+            return self._documents
+
+    @property
+    def embedder(self):
+        """The sentence embedder; the first use takes a few seconds (torch)."""
+        with self._rag_lock:
+            if self._embedder is None:
+                from assistant.rag.embedder import Embedder
+
+                self._embedder = Embedder()
+            return self._embedder
+
+    def index(self, paths: list[Path], collection: str = "default", progress=None,
+              cancel: threading.Event | None = None):
+        """Index files and folders into a collection; returns an IndexReport."""
+        from assistant.rag.indexer import index_paths
+
+        return index_paths(self.documents, self.embedder, [Path(p) for p in paths], collection,
+                           progress=progress, cancel=cancel)
+
+    def search(self, query: str, collection: str = "default", k: int | None = None, mode: str | None = None):
+        """The passages of a collection that best match query (list of retriever.Hit)."""
+        from assistant.rag.retriever import search
+
+        if self.documents.collection_id(collection) is None:
+            raise AssistantError(f"There is no document collection named {collection!r}. Add documents to it first.")
+        return search(self.documents, self.embedder, query, collection, k or self.settings.top_k,
+                      mode or self.settings.search_mode)
+
+    def _retrieve(self, question: str, collection: str) -> tuple[Sources, list[dict]]:
+        """Relevant passages as a Sources event, and the hits kept."""
+        hits = self.search(question, collection)
+        floor = self.settings.min_similarity
+        kept = [h for h in hits if h.similarity is None or h.similarity >= floor]
+        sources = tuple(
+            Source(n, h.file, h.page, h.text, h.score, h.chunk_id, tuple(h.why)) for n, h in enumerate(kept, 1))
+        return Sources(sources, collection), kept
+
     # -- answering ------------------------------------------------------------------------
 
-    def stream(self, history: list[dict[str, str]], stop: threading.Event | None = None) -> Iterator[Event]:
-        """Answer the last user message of `history` (role/content dicts), without saving anything."""
+    def stream(self, history: list[dict[str, str]], stop: threading.Event | None = None,
+               collection: str | None = None) -> Iterator[Event]:
+        """Answer the last user message of `history` (role/content dicts), without saving anything.
+
+        With a collection, the answer is grounded in its passages, which come first as a Sources event.
+        """
         try:
+            if collection:
+                question = history[-1]["content"]
+                sources, hits = self._retrieve(question, collection)
+                yield sources
+                if not hits:
+                    # Saying so beats letting a model invent an answer "from the documents".
+                    answer = f"I found nothing about this in the documents of '{collection}'."
+                    yield Token(answer)
+                    yield Done(answer, "stop", 0, 0, 0, 0.0, 0.0, 0.0, 0.0)
+                    return
+                from assistant.rag.citations import passages_prompt
+
+                history = history[:-1] + [{"role": "user", "content": passages_prompt(question, hits)}]
             if self.engine is None:
                 self.load_model()
             engine = self.engine
@@ -97,14 +165,15 @@ class Assistant:
         except AssistantError as exc:
             yield Error(str(exc))
 
-    def ask(self, question: str, stop: threading.Event | None = None) -> Iterator[Event]:
+    def ask(self, question: str, stop: threading.Event | None = None, collection: str | None = None) -> Iterator[Event]:
         """A one-off question with the system prompt, outside any saved conversation."""
         if not question.strip():
             yield Error("Type a question first: the message is empty.")
             return
-        yield from self.stream(self._with_system([{"role": "user", "content": question}]), stop)
+        yield from self.stream(self._with_system([{"role": "user", "content": question}]), stop, collection)
 
-    def send(self, conversation_id: int, text: str, stop: threading.Event | None = None) -> Iterator[Event]:
+    def send(self, conversation_id: int, text: str, stop: threading.Event | None = None,
+             collection: str | None = None) -> Iterator[Event]:
         """Save the user's message, stream the answer, save the answer (partial if stopped)."""
         if not text.strip():
             yield Error("Type a question first: the message is empty.")
@@ -115,9 +184,10 @@ class Assistant:
         except AssistantError as exc:
             yield Error(str(exc))
             return
-        yield from self._answer(conversation_id, stop)
+        yield from self._answer(conversation_id, stop, collection=collection)
 
-    def regenerate(self, conversation_id: int, stop: threading.Event | None = None) -> Iterator[Event]:
+    def regenerate(self, conversation_id: int, stop: threading.Event | None = None,
+                   collection: str | None = None) -> Iterator[Event]:
         """Answer the last question again; the old answer goes only once a new one is saved."""
         messages = self.conversations.messages(conversation_id)
         old = messages[-1] if messages and messages[-1].role == "assistant" else None
@@ -126,24 +196,33 @@ class Assistant:
         if not messages or messages[-1].role != "user":
             yield Error("There is no question to answer again in this chat.")
             return
-        yield from self._answer(conversation_id, stop, replaces=old.id if old else None)
+        yield from self._answer(conversation_id, stop, replaces=old.id if old else None, collection=collection)
 
     def edit_and_resend(
-        self, conversation_id: int, message_id: int, text: str, stop: threading.Event | None = None
+        self, conversation_id: int, message_id: int, text: str, stop: threading.Event | None = None,
+        collection: str | None = None,
     ) -> Iterator[Event]:
         """Replace a user message, forget everything after it, and answer again."""
         if not text.strip():
             yield Error("Type a question first: the message is empty.")
             return
         self.conversations.delete_from(conversation_id, message_id)
-        yield from self.send(conversation_id, text, stop)
+        yield from self.send(conversation_id, text, stop, collection)
 
-    def _answer(self, conversation_id: int, stop: threading.Event | None, replaces: int | None = None) -> Iterator[Event]:
+    def _answer(self, conversation_id: int, stop: threading.Event | None, replaces: int | None = None,
+                collection: str | None = None) -> Iterator[Event]:
         history = _alternating([m for m in self.conversations.messages(conversation_id) if m.id != replaces])
-        for event in self.stream(self._with_system(history), stop):
+        sources: Sources | None = None
+        for event in self.stream(self._with_system(history), stop, collection):
+            if isinstance(event, Sources):
+                sources = event
             if isinstance(event, Done) and (event.answer or event.finish_reason != "cancelled"):
                 meta = {k: getattr(event, k) for k in (
                     "finish_reason", "prompt_tokens", "completion_tokens", "tokens_per_second", "seconds")}
+                if sources is not None:  # kept with the answer so its citations still open after a restart
+                    meta["collection"] = sources.collection
+                    meta["sources"] = [{"n": s.n, "file": s.file, "page": s.page, "text": s.text,
+                                        "chunk_id": s.chunk_id} for s in sources.sources]
                 if replaces is not None:
                     self.conversations.delete_from(conversation_id, replaces)
                 saved = self.conversations.add_message(conversation_id, "assistant", event.answer, meta)
@@ -209,6 +288,8 @@ class Assistant:
     def close(self) -> None:
         self.unload_model()
         self.conversations.close()
+        if self._documents is not None:
+            self._documents.close()
 
 
 def _alternating(messages: list) -> list[dict[str, str]]:

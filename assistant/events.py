@@ -25,6 +25,27 @@ class ContextTrimmed:
 
 
 @dataclass(frozen=True)
+class Source:
+    """A passage from the user's documents given to the model as [n]."""
+
+    n: int
+    file: str
+    page: int | None
+    text: str
+    score: float
+    chunk_id: int
+    why: tuple[str, ...] = ()  # which searches found it, for the retrieval inspector
+
+
+@dataclass(frozen=True)
+class Sources:
+    """The passages the answer may cite; sent before the first token."""
+
+    sources: tuple[Source, ...]
+    collection: str
+
+
+@dataclass(frozen=True)
 class Done:
     """The answer is complete (or was stopped); the numbers are measured, not estimated."""
 
@@ -47,4 +68,4 @@ class Error:
     message: str
 
 
-Event = Token | ContextTrimmed | Done | Error
+Event = Token | ContextTrimmed | Sources | Done | Error

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import html
+from pathlib import Path
+
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
@@ -59,6 +62,14 @@ class MessageBubble(QFrame):
         self.body.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
         self.body.linkActivated.connect(self._on_link)
         layout.addWidget(self.body)
+        self.sources_label = QLabel()
+        self.sources_label.setObjectName("sources")
+        self.sources_label.setWordWrap(True)
+        self.sources_label.setTextFormat(Qt.RichText)
+        self.sources_label.setVisible(False)
+        self.sources_label.linkActivated.connect(self._open_source)
+        layout.addWidget(self.sources_label)
+        self.sources: list[dict] = []
         self.set_text(text)
 
     def set_text(self, text: str) -> None:
@@ -72,6 +83,37 @@ class MessageBubble(QFrame):
 
     def set_meta(self, text: str) -> None:
         self.meta.setText(text)
+
+    def show_sources(self, sources: list[dict]) -> None:
+        """List the passages under the answer: cited ones first and bold; each opens its file."""
+        from assistant.rag.citations import cited_numbers
+
+        self.sources = sources
+        if not sources:
+            self.sources_label.setVisible(False)
+            return
+        cited = cited_numbers(self.text, len(sources))
+        order = cited + [s["n"] for s in sources if s["n"] not in cited]
+        by_n = {s["n"]: s for s in sources}
+        lines = []
+        for n in order:
+            s = by_n[n]
+            place = html.escape(Path(s["file"]).name) + (f", page {s['page']}" if s.get("page") else "")
+            snippet = html.escape(" ".join(s["text"].split())[:160])
+            label = f'<a href="open:{n}">[{n}] {place}</a>'
+            lines.append(f"<b>{label}</b> — {snippet}…" if n in cited else f'{label} <span style="color:gray;">— {snippet}…</span>')
+        title = "Sources" if cited else "Passages given to the model (none cited)"
+        self.sources_label.setText(f"<p><b>{title}</b><br>" + "<br>".join(lines) + "</p>")
+        self.sources_label.setVisible(True)
+
+    def _open_source(self, href: str) -> None:
+        from PySide6.QtCore import QUrl
+        from PySide6.QtGui import QDesktopServices
+
+        n = int(href.split(":", 1)[1])
+        source = next((s for s in self.sources if s["n"] == n), None)
+        if source is not None:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(source["file"]))
 
     def _on_link(self, href: str) -> None:
         if href.startswith("copy:"):
@@ -102,6 +144,7 @@ class ChatView(QScrollArea):
         self.setWidget(container)
         self.bubbles: list[MessageBubble] = []
         self._streaming: MessageBubble | None = None
+        self._sources: list[dict] = []
         self._pending = ""
         # Re-rendering Markdown on every token is wasteful; 25 frames a second reads as smooth.
         self._render_timer = QTimer(self)
@@ -143,7 +186,14 @@ class ChatView(QScrollArea):
         bubble, self._streaming = self._streaming, None
         if bubble is not None and meta:
             bubble.set_meta(meta)
+        if bubble is not None and self._sources:
+            bubble.show_sources(self._sources)
+        self._sources = []
         return bubble
+
+    def set_sources(self, event) -> None:
+        """The Sources event of the answer being written: listed once the answer is complete."""
+        self._sources = [{"n": s.n, "file": s.file, "page": s.page, "text": s.text} for s in event.sources]
 
     def streaming_text(self) -> str:
         return self._pending if self._streaming is not None else ""

@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSplitter,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -30,6 +31,7 @@ from assistant import __version__
 from assistant.events import ContextTrimmed, Done
 from assistant.fileio import atomic_write_text
 from assistant.ui.chat_view import ChatView, MessageBubble
+from assistant.ui.documents import DocumentsPanel, start_index_thread
 from assistant.ui.tasks import TaskRunner
 from assistant.ui.worker import ModelWorker
 
@@ -52,7 +54,7 @@ class InputBox(QPlainTextEdit):
 
 
 class MainWindow(QMainWindow):
-    runRequested = Signal(str, object)
+    runRequested = Signal(str, object, str)
     settingsApplied = Signal(object)
 
     def __init__(self) -> None:
@@ -91,11 +93,23 @@ class MainWindow(QMainWindow):
         w.loaded.connect(self._on_loaded)
         w.loadFailed.connect(self._on_load_failed)
         w.token.connect(self.chat.append_token)
+        w.sources.connect(self.chat.set_sources)
         w.trimmed.connect(self._on_trimmed)
         w.finished.connect(self._on_finished)
         w.failed.connect(self._on_failed)
         w.idle.connect(self._on_idle)
         self.worker_thread.start()
+
+        # Indexing has its own thread: the one writer of the index, so chat never waits on it.
+        self.index_thread, self.indexer = start_index_thread(self)
+        self.documents.indexRequested.connect(self.indexer.index)
+        self.documents.removeRequested.connect(self.indexer.remove)
+        self.documents.cancel_event = self.indexer.cancel
+        self.indexer.progress.connect(self.documents.on_progress)
+        self.indexer.finished.connect(self.documents.on_finished)
+        self.indexer.failed.connect(self.documents.on_failed)
+        self.indexer.changed.connect(self.documents.refresh)
+        self.documents.collectionChosen.connect(self._on_collection_chosen)
 
     # -- layout ---------------------------------------------------------------------------
 
@@ -118,6 +132,10 @@ class MainWindow(QMainWindow):
         side_layout.addWidget(self.new_button)
         side_layout.addWidget(self.search)
         side_layout.addWidget(self.conversation_list, 1)
+        self.documents = DocumentsPanel(self.tasks)
+        self.side_tabs = QTabWidget()
+        self.side_tabs.addTab(side, "Chats")
+        self.side_tabs.addTab(self.documents, "Documents")
 
         main = QWidget()
         main_layout = QVBoxLayout(main)
@@ -150,7 +168,7 @@ class MainWindow(QMainWindow):
         main_layout.addLayout(row)
 
         splitter = QSplitter()
-        splitter.addWidget(side)
+        splitter.addWidget(self.side_tabs)
         splitter.addWidget(main)
         splitter.setStretchFactor(1, 1)
         splitter.setSizes([260, 840])
@@ -204,6 +222,8 @@ class MainWindow(QMainWindow):
     def _on_ready(self, assistant) -> None:
         self.assistant = assistant
         self.settings = assistant.settings
+        self.indexer.assistant = assistant
+        self.documents.set_assistant(assistant)
         from assistant.ui.app import apply_theme
 
         self.chat.dark = apply_theme(assistant.settings.theme)
@@ -324,7 +344,7 @@ class MainWindow(QMainWindow):
         # Cleared here, not by the worker: a Stop pressed before it picks the job up must still count.
         self.worker.stop_event.clear()
         self._answered = False
-        self.runRequested.emit(kind, args)
+        self.runRequested.emit(kind, args, self.documents.current_collection())
 
     def stop(self) -> None:
         if self.busy:
@@ -417,6 +437,8 @@ class MainWindow(QMainWindow):
                 if m.role == "system":
                     continue
                 bubble = self.chat.add(m.role, m.content, m.id)
+                if m.role == "assistant" and m.meta.get("sources"):
+                    bubble.show_sources(m.meta["sources"])
                 if m.role == "assistant" and "completion_tokens" in m.meta:
                     bubble.set_meta(answer_meta(m.meta["completion_tokens"], m.meta.get("tokens_per_second", 0.0),
                                                 m.meta.get("finish_reason", "stop")))
@@ -548,17 +570,30 @@ class MainWindow(QMainWindow):
             event.acceptProposedAction()
 
     def dropEvent(self, event) -> None:
-        for url in event.mimeData().urls():
-            path = url.toLocalFile()
-            if path.lower().endswith(".gguf"):
-                self.use_model_file(path)
+        paths = [Path(url.toLocalFile()) for url in event.mimeData().urls() if url.isLocalFile()]
+        models = [p for p in paths if p.suffix.lower() == ".gguf"]
+        if models:
+            self.use_model_file(str(models[0]))
+        documents = [p for p in paths if p.suffix.lower() != ".gguf"]
+        if documents:
+            if self.documents.busy:
+                self.statusBar().showMessage("Documents are being indexed; drop more when that is done.", 5000)
                 return
-        self.statusBar().showMessage("Drop a .gguf model file to use it.", 4000)
+            self.side_tabs.setCurrentWidget(self.documents)
+            self.documents.index_paths(documents)
+        elif not models:
+            self.statusBar().showMessage("Drop documents to search them, or a .gguf model file to use it.", 4000)
+
+    def _on_collection_chosen(self, collection: str) -> None:
+        self.input.setPlaceholderText(
+            f"Ask about the documents in '{collection}'. Enter sends." if collection
+            else "Ask anything. Enter sends, Shift+Enter adds a line.")
 
     def closeEvent(self, event) -> None:
         self.closing = True
         self.worker.stop_event.set()
         self.worker.load_cancel.set()
+        self.indexer.cancel.set()  # indexing resumes where it stopped next time
         if self.busy:
             # Stop lands within a token; the window closes when the worker says it is idle.
             event.ignore()
@@ -569,5 +604,7 @@ class MainWindow(QMainWindow):
             self.closing = False
             self.statusBar().showMessage("Still finishing model work; try closing again in a moment.", 5000)
             return
+        self.index_thread.quit()
+        self.index_thread.wait(30_000)  # cancel lands within one embedding batch
         self.tasks.wait(3000)
         super().closeEvent(event)

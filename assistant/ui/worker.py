@@ -10,7 +10,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 from assistant.config import Settings
 from assistant.core import Assistant
 from assistant.errors import AssistantError, SettingsError
-from assistant.events import ContextTrimmed, Done, Error, Token
+from assistant.events import ContextTrimmed, Done, Error, Sources, Token
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,7 @@ class ModelWorker(QObject):
     loaded = Signal(object)  # LoadReport
     loadFailed = Signal(str)
     token = Signal(str)
+    sources = Signal(object)  # Sources: the passages the answer may cite
     trimmed = Signal(object)  # ContextTrimmed
     finished = Signal(object)  # Done
     failed = Signal(str)
@@ -74,9 +75,12 @@ class ModelWorker(QObject):
         if reload:
             self.load()
 
-    @Slot(str, object)
-    def run(self, kind: str, args: tuple) -> None:
-        """kind: send (conversation_id, text) | regenerate (conversation_id,) | edit (conversation_id, message_id, text)."""
+    @Slot(str, object, str)
+    def run(self, kind: str, args: tuple, collection: str) -> None:
+        """kind: send (conversation_id, text) | regenerate (conversation_id,) | edit (conversation_id, message_id, text).
+
+        collection: the documents to answer from, or "" for none.
+        """
         try:
             if self.assistant.engine is None:
                 self.load()
@@ -84,9 +88,11 @@ class ModelWorker(QObject):
                     return  # loadFailed has told the user why
             method = {"send": self.assistant.send, "regenerate": self.assistant.regenerate,
                       "edit": self.assistant.edit_and_resend}[kind]
-            for event in method(*args, stop=self.stop_event):
+            for event in method(*args, stop=self.stop_event, collection=collection or None):
                 if isinstance(event, Token):
                     self.token.emit(event.text)
+                elif isinstance(event, Sources):
+                    self.sources.emit(event)
                 elif isinstance(event, ContextTrimmed):
                     self.trimmed.emit(event)
                 elif isinstance(event, Done):

@@ -1,0 +1,1 @@
+"""Private retrieval over the user's own documents: loading, chunking, embedding and search, all local."""
