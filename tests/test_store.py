@@ -217,6 +217,26 @@ def test_a_second_writer_is_refused_until_the_first_closes(isolated_home: Path, 
     second.close()
 
 
+def test_a_reader_picks_up_what_the_writer_saved(isolated_home: Path, embedder: Embedder) -> None:
+    writer, reader = DocumentStore(isolated_home), DocumentStore(isolated_home)
+    try:
+        writer.repair(embedder)
+        add(writer, embedder, "/a.txt", ["Volcanoes erupt molten rock called lava."])
+        writer.save()
+        query = embedder.embed(["Which mountains spit out lava?"])[0]
+        assert [reader.chunks([i])[0].file for i, _ in reader.dense_search(query, "default", 5)] == ["/a.txt"]
+        add(writer, embedder, "/b.txt", ["Geysers shoot hot water into the air."])
+        writer.save()
+        query = embedder.embed(["hot water spraying from the ground"])[0]
+        assert reader.chunks([reader.dense_search(query, "default", 1)[0][0]])[0].file == "/b.txt"
+        reader.save()  # a reader has nothing of its own to write, and must not take the writer's place
+        with pytest.raises(AssistantError):
+            reader.remove_document("default", "/a.txt")
+    finally:
+        reader.close()
+        writer.close()
+
+
 def _ids_in_saved_index(home: Path, cid: int | None) -> np.ndarray:
     """What a fresh reader finds in the index file on disk."""
     reader = DocumentStore(home)

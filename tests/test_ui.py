@@ -226,3 +226,35 @@ def test_dark_theme_reaches_the_bubbles(qtbot, isolated_home, artifacts) -> None
     finally:
         w.apply_settings(Settings(theme="light"))
         w.close()
+
+
+def test_drop_a_folder_index_it_and_get_a_cited_answer(qtbot, window: MainWindow, tmp_path, artifacts) -> None:
+    from PySide6.QtCore import QMimeData, QPoint, QUrl
+    from PySide6.QtGui import QDropEvent
+
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "pets.md").write_text("# Pets\n\nOur dog is called Rex. He is a brown labrador who loves the lake.\n")
+    (folder / "blob.txt").write_bytes(b"\x00\x01binary\x00" * 100)  # skipped, with its reason shown
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(folder))])
+    window.dropEvent(QDropEvent(QPoint(10, 10), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier))
+    panel = window.documents
+    assert panel.busy and window.side_tabs.currentWidget() is panel
+    qtbot.waitUntil(lambda: not panel.busy, timeout=120_000)
+    assert "1 indexed, 1 skipped" in panel.status.text()
+    # The new collection is chosen for the chat, and the panel says why a file was skipped.
+    qtbot.waitUntil(lambda: panel.current_collection() == "default" and panel.files.topLevelItemCount() == 2,
+                    timeout=10_000)
+    statuses = {panel.files.topLevelItem(i).text(0): panel.files.topLevelItem(i).text(1) for i in range(2)}
+    assert statuses["pets.md"] == "indexed" and "binary" in statuses["blob.txt"]
+
+    type_and_send(qtbot, window, "What is our dog called?")
+    qtbot.waitUntil(lambda: not window.busy and any(b.role == "assistant" and b.message_id for b in window.chat.bubbles),
+                    timeout=60_000)
+    answer = [b for b in window.chat.bubbles if b.role == "assistant"][-1]
+    assert answer.sources_label.isVisible() and "pets.md" in answer.sources_label.text()
+    assert "documents in 'default'" in window.input.placeholderText()
+    window.side_tabs.setCurrentIndex(0)
+    qtbot.waitUntil(lambda: window.conversation_list.count() == 1, timeout=5_000)
+    window.grab().save(str(artifacts / "answer_with_sources.png"))

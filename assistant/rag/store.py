@@ -548,8 +548,13 @@ class DocumentStore:
         return done
 
     def save(self) -> None:
-        """Write every changed FAISS index to disk now (atomically)."""
+        """Write every changed FAISS index to disk now (atomically).
+
+        Nothing to do for a store that never wrote: whatever it changed in memory (dropping stale vectors,
+        repairing) follows from what is on disk, and the file belongs to the process that writes."""
         with self._lock:
+            if self._writer_fd is None:
+                return
             started = time.monotonic()
             for cid, vec in list(self._vectors.items()):
                 self._flush_removals(vec)

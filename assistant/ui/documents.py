@@ -186,6 +186,7 @@ class DocumentsPanel(QWidget):
     def _show(self, result, chosen: str) -> None:
         collections, files = result
         self._pending_select = None
+        before = self.current_collection()
         self.collection.blockSignals(True)
         self.collection.clear()
         self.collection.addItem(NO_DOCUMENTS, "")
@@ -203,7 +204,7 @@ class DocumentsPanel(QWidget):
             item.setData(0, Qt.UserRole, d.path)
             self.files.addTopLevelItem(item)
         self._set_buttons()
-        if self.collection.currentData() != chosen:
+        if self.current_collection() != before:
             self.collectionChosen.emit(self.current_collection())
 
     def _on_collection(self, _index: int) -> None:
