@@ -107,8 +107,11 @@ class Assistant:
         """The passages of a collection that best match query (list of retriever.Hit)."""
         from assistant.rag.retriever import search
 
-        if self.documents.collection_id(collection) is None:
+        docs = self.documents
+        if docs.collection_id(collection) is None:
             raise AssistantError(f"There is no document collection named {collection!r}. Add documents to it first.")
+        if docs.missing_vectors(collection):
+            docs.repair(self.embedder, collection)  # chunks committed after the last index save (a crash)
         return search(self.documents, self.embedder, query, collection, k or self.settings.top_k,
                       mode or self.settings.search_mode)
 

@@ -44,8 +44,6 @@ from assistant.fileio import _fsync_dir
 from assistant.memory.db import Database
 
 if TYPE_CHECKING:
-    import threading as _threading
-
     import numpy as np
 
     from assistant.rag.embedder import Embedder
@@ -501,7 +499,7 @@ class DocumentStore:
             return len(self._load(cid).missing)
 
     def repair(
-        self, embedder: Embedder, collection: str | None = None, cancel: _threading.Event | None = None,
+        self, embedder: Embedder, collection: str | None = None, cancel: threading.Event | None = None,
     ) -> int:
         """Give every chunk a vector again: those committed after the last save, or all of them when the
         index was built by another model. Returns how many chunks were embedded."""
