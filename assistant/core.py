@@ -120,9 +120,15 @@ class Assistant:
         hits = self.search(question, collection)
         floor = self.settings.min_similarity
         kept = [h for h in hits if h.similarity is None or h.similarity >= floor]
-        sources = tuple(
-            Source(n, h.file, h.page, h.text, h.score, h.chunk_id, tuple(h.why)) for n, h in enumerate(kept, 1))
-        return Sources(sources, collection), kept
+
+        def why(h) -> tuple[str, ...]:
+            similarity = [f"similarity {h.similarity:.2f}"] if h.similarity is not None else []
+            return (*h.why, *similarity, f"fused score {h.score:.2f}")
+
+        sources = tuple(Source(n, h.file, h.page, h.text, h.score, h.chunk_id, why(h)) for n, h in enumerate(kept, 1))
+        dropped = tuple(Source(0, h.file, h.page, h.text, h.score, h.chunk_id, (*why(h), f"below {floor:.2f}: dropped"))
+                        for h in hits if h not in kept)
+        return Sources(sources, collection, dropped), kept
 
     # -- answering ------------------------------------------------------------------------
 
@@ -224,8 +230,8 @@ class Assistant:
                     "finish_reason", "prompt_tokens", "completion_tokens", "tokens_per_second", "seconds")}
                 if sources is not None:  # kept with the answer so its citations still open after a restart
                     meta["collection"] = sources.collection
-                    meta["sources"] = [{"n": s.n, "file": s.file, "page": s.page, "text": s.text,
-                                        "chunk_id": s.chunk_id} for s in sources.sources]
+                    meta["sources"] = [source_dict(s) for s in sources.sources]
+                    meta["dropped"] = [source_dict(s) for s in sources.dropped]
                 if replaces is not None:
                     self.conversations.delete_from(conversation_id, replaces)
                 saved = self.conversations.add_message(conversation_id, "assistant", event.answer, meta)
@@ -293,6 +299,11 @@ class Assistant:
         self.conversations.close()
         if self._documents is not None:
             self._documents.close()
+
+
+def source_dict(s: Source) -> dict:
+    """A source as saved with the answer and shown under it."""
+    return {"n": s.n, "file": s.file, "page": s.page, "text": s.text, "chunk_id": s.chunk_id, "why": list(s.why)}
 
 
 def _alternating(messages: list) -> list[dict[str, str]]:

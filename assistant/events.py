@@ -43,6 +43,7 @@ class Sources:
 
     sources: tuple[Source, ...]
     collection: str
+    dropped: tuple[Source, ...] = ()  # found, but left out as not about the question (n = 0)
 
 
 @dataclass(frozen=True)

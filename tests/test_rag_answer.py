@@ -70,6 +70,9 @@ def test_sources_are_saved_with_the_answer(assistant: Assistant) -> None:
     answer = assistant.conversations.messages(conv.id)[-1]
     assert answer.role == "assistant" and answer.meta["collection"] == "home"
     assert any("4.2 million" in s["text"] for s in answer.meta["sources"])
+    # The inspector's reasons travel with each passage: which search found it and how it scored.
+    assert all(any("similarity" in w for w in s["why"]) for s in answer.meta["sources"])
+    assert all(s["why"][-1].endswith("dropped") for s in answer.meta["dropped"])
 
 
 def test_passages_are_quoted_as_data() -> None:

@@ -70,6 +70,7 @@ class MessageBubble(QFrame):
         self.sources_label.linkActivated.connect(self._open_source)
         layout.addWidget(self.sources_label)
         self.sources: list[dict] = []
+        self.dropped: list[dict] = []
         self.set_text(text)
 
     def set_text(self, text: str) -> None:
@@ -84,13 +85,14 @@ class MessageBubble(QFrame):
     def set_meta(self, text: str) -> None:
         self.meta.setText(text)
 
-    def show_sources(self, sources: list[dict]) -> None:
+    def show_sources(self, sources: list[dict], dropped: list[dict] = ()) -> None:
         """List the passages under the answer: cited ones first and bold; each opens its file."""
         from assistant.rag.citations import cited_numbers
 
-        self.sources = sources
+        self.sources, self.dropped = sources, list(dropped)
         if not sources:
-            self.sources_label.setVisible(False)
+            self.sources_label.setText('<p><a href="why:">Why no passages?</a></p>' if dropped else "")
+            self.sources_label.setVisible(bool(dropped))
             return
         cited = cited_numbers(self.text, len(sources))
         order = cited + [s["n"] for s in sources if s["n"] not in cited]
@@ -103,17 +105,35 @@ class MessageBubble(QFrame):
             label = f'<a href="open:{n}">[{n}] {place}</a>'
             lines.append(f"<b>{label}</b> — {snippet}…" if n in cited else f'{label} <span style="color:gray;">— {snippet}…</span>')
         title = "Sources" if cited else "Passages given to the model (none cited)"
-        self.sources_label.setText(f"<p><b>{title}</b><br>" + "<br>".join(lines) + "</p>")
+        self.sources_label.setText(f'<p><b>{title}</b> &nbsp; <a href="why:">Why these?</a><br>'
+                                   + "<br>".join(lines) + "</p>")
         self.sources_label.setVisible(True)
 
     def _open_source(self, href: str) -> None:
         from PySide6.QtCore import QUrl
         from PySide6.QtGui import QDesktopServices
 
+        if href == "why:":
+            self._inspect()
+            return
         n = int(href.split(":", 1)[1])
         source = next((s for s in self.sources if s["n"] == n), None)
         if source is not None:
             QDesktopServices.openUrl(QUrl.fromLocalFile(source["file"]))
+
+    def _inspect(self) -> None:
+        """The retrieval inspector: which search found each passage, and why it was kept or dropped."""
+        from PySide6.QtWidgets import QMessageBox
+
+        rows = []
+        for s in [*self.sources, *self.dropped]:
+            place = html.escape(Path(s["file"]).name) + (f", page {s['page']}" if s.get("page") else "")
+            label = f"[{s['n']}]" if s["n"] else "dropped"
+            reasons = html.escape("; ".join(s.get("why", [])))
+            rows.append(f"<tr><td>{label}</td><td>{place}</td><td>{reasons}</td></tr>")
+        QMessageBox.information(self, "Why these passages", "<p>Each passage was found by keyword search, "
+                                "meaning (embedding) search or both, then ranked by a blend of the two.</p>"
+                                f"<table cellspacing='6'>{''.join(rows)}</table>")
 
     def _on_link(self, href: str) -> None:
         if href.startswith("copy:"):
@@ -145,6 +165,7 @@ class ChatView(QScrollArea):
         self.bubbles: list[MessageBubble] = []
         self._streaming: MessageBubble | None = None
         self._sources: list[dict] = []
+        self._dropped: list[dict] = []
         self._pending = ""
         # Re-rendering Markdown on every token is wasteful; 25 frames a second reads as smooth.
         self._render_timer = QTimer(self)
@@ -186,14 +207,17 @@ class ChatView(QScrollArea):
         bubble, self._streaming = self._streaming, None
         if bubble is not None and meta:
             bubble.set_meta(meta)
-        if bubble is not None and self._sources:
-            bubble.show_sources(self._sources)
-        self._sources = []
+        if bubble is not None and (self._sources or self._dropped):
+            bubble.show_sources(self._sources, self._dropped)
+        self._sources, self._dropped = [], []
         return bubble
 
     def set_sources(self, event) -> None:
         """The Sources event of the answer being written: listed once the answer is complete."""
-        self._sources = [{"n": s.n, "file": s.file, "page": s.page, "text": s.text} for s in event.sources]
+        from assistant.core import source_dict
+
+        self._sources = [source_dict(s) for s in event.sources]
+        self._dropped = [source_dict(s) for s in event.dropped]
 
     def streaming_text(self) -> str:
         return self._pending if self._streaming is not None else ""

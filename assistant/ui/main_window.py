@@ -439,8 +439,8 @@ class MainWindow(QMainWindow):
                 if m.role == "system":
                     continue
                 bubble = self.chat.add(m.role, m.content, m.id)
-                if m.role == "assistant" and m.meta.get("sources"):
-                    bubble.show_sources(m.meta["sources"])
+                if m.role == "assistant" and (m.meta.get("sources") or m.meta.get("dropped")):
+                    bubble.show_sources(m.meta.get("sources", []), m.meta.get("dropped", []))
                 if m.role == "assistant" and "completion_tokens" in m.meta:
                     bubble.set_meta(answer_meta(m.meta["completion_tokens"], m.meta.get("tokens_per_second", 0.0),
                                                 m.meta.get("finish_reason", "stop")))
