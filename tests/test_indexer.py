@@ -373,3 +373,29 @@ def test_cancel_is_heard_within_a_second_while_a_50_mb_file_is_cut(
     assert store.document("default", tmp_path / "small.txt").status == "indexed"
     assert store.document("default", big).status == "pending"  # the next run does it
     assert_consistent(store)
+
+
+def test_pause_holds_indexing_between_batches(tmp_path) -> None:
+    """While the app writes an answer, indexing waits; it finishes once the pause is lifted."""
+    import threading as _threading
+
+    from assistant.rag.embedder import Embedder
+    from assistant.rag.indexer import index_paths
+    from assistant.rag.store import DocumentStore
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(20):
+        (folder / f"note{i}.txt").write_text(f"Note number {i} about topic {i}.\n")
+    store = DocumentStore(tmp_path / "home")
+    pause = _threading.Event()
+    pause.set()
+    result = []
+    worker = _threading.Thread(target=lambda: result.append(index_paths(store, Embedder(), [folder], pause=pause)))
+    worker.start()
+    worker.join(3.0)
+    assert worker.is_alive() and not result  # held while paused
+    pause.clear()
+    worker.join(120)
+    assert result and result[0].files_indexed == 20
+    store.close()

@@ -129,13 +129,17 @@ def index_paths(
     progress: Callable[[IndexProgress], None] | None = None,
     cancel: threading.Event | None = None,
     batch_chunks: int = EMBED_QUEUE,
+    pause: threading.Event | None = None,
 ) -> IndexReport:
     """Bring `collection` up to date with `paths` (files and folders); see the module docstring.
 
     `batch_chunks` chunks are embedded (and their finished files committed) at a time: larger is a
-    little faster, smaller loses less to a crash and commits more often.
+    little faster, smaller loses less to a crash and commits more often. While `pause` is set, work
+    waits between batches (the app sets it while it writes an answer, so chat keeps its speed).
     """
-    return _Indexer(store, embedder, collection, progress, cancel, max(1, batch_chunks)).run([Path(p) for p in paths])
+    indexer = _Indexer(store, embedder, collection, progress, cancel, max(1, batch_chunks))
+    indexer.pause = pause or threading.Event()
+    return indexer.run([Path(p) for p in paths])
 
 
 class _Indexer:
@@ -149,6 +153,7 @@ class _Indexer:
         self.collection = collection
         self.progress = progress
         self.cancel = cancel or threading.Event()
+        self.pause = threading.Event()
         self.report = IndexReport()
         self.queue: deque[tuple[_Job, int]] = deque()  # (job, chunk ordinal) waiting to be embedded
         self.ready: list[_Job] = []  # fully embedded, to be committed together
@@ -484,6 +489,8 @@ class _Indexer:
         self.bytes_done += file.size
 
     def _check_cancel(self) -> None:
+        while self.pause.is_set() and not self.cancel.is_set():
+            time.sleep(0.05)
         if self.cancel.is_set():
             raise _Cancelled
 
