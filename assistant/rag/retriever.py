@@ -1,11 +1,14 @@
 """Hybrid retrieval: keyword (FTS5 BM25) and dense (FAISS) candidates, fused by score.
 
-Measured on COVID-QA (bench/rag.py; 1,360 questions, 2,106 chunks, all-MiniLM-L6-v2), recall@5:
-keyword 0.735, keyword without stop words 0.747, dense 0.499, reciprocal rank fusion 0.674
-(plain RRF loses to keyword search here, as the shared data README warns). What wins is a convex
-combination of min-max normalised scores, with the *exact* cosine of every keyword candidate
-(not just of FAISS's own top list): 0.763 recall@5, 0.844 recall@10, MRR 0.627 at weight 0.5.
-Boosting chunks from the best-scoring document did not help and is not done.
+Chosen by measurement on COVID-QA (1,380 expert questions over 98 papers, all-MiniLM-L6-v2).
+First in a standalone script with the data README's 200-word chunks (2,106 chunks), recall@5:
+keyword 0.735, keyword without stop words 0.747, dense 0.499, reciprocal rank fusion 0.674 (plain
+RRF loses to keyword search here, as the README warns); a convex combination of min-max normalised
+scores with the *exact* cosine of every keyword candidate: 0.763 (recall@10 0.844, MRR 0.627) at
+weight 0.5. Boosting chunks of the best-scoring document did not help and is not done.
+Then through the app itself (bench/rag.py: its own 256-token chunks, 3,280 chunks, 1,370
+answerable questions): recall@5 keyword 0.749, dense 0.525, RRF 0.683, hybrid 0.760; MRR@10
+0.624 / 0.379 / 0.533 / 0.633. Hybrid beats both, by a thin margin over keyword search.
 """
 
 from __future__ import annotations
