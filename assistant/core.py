@@ -115,10 +115,10 @@ class Assistant:
             raise AssistantError(f"There is no document collection named {collection!r}. Add documents to it first.")
         if docs.missing_vectors(collection):
             docs.repair(self.embedder, collection)  # chunks committed after the last index save (a crash)
-        return search(self.documents, self.embedder, query, collection, k or self.settings.top_k,
+        return search(docs, self.embedder, query, collection, k or self.settings.top_k,
                       mode or self.settings.search_mode)
 
-    def _retrieve(self, question: str, collection: str) -> tuple[Sources, list[dict]]:
+    def _retrieve(self, question: str, collection: str) -> tuple[Sources, list]:
         """Relevant passages as a Sources event, and the hits kept."""
         hits = self.search(question, collection)
         floor = self.settings.min_similarity
