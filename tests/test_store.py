@@ -178,6 +178,54 @@ def test_collections_are_separate(store: DocumentStore, embedder: Embedder) -> N
         store.create_collection("  ")
 
 
+def test_several_collections_are_searched_together(store: DocumentStore, embedder: Embedder) -> None:
+    store.repair(embedder)
+    add(store, embedder, "/work/plan.txt", ["The launch plan for the rocket project."], "work")
+    add(store, embedder, "/home/recipe.txt", ["A recipe for rocket salad with lemon."], "home")
+    add(store, embedder, "/misc/rocket.txt", ["Rocket rocket rocket: a page about rockets."], "misc")
+    both = ["work", "home"]
+    files = {store.chunks([i])[0].file for i, _ in store.keyword_search("rocket", both, 5)}
+    assert files == {"/work/plan.txt", "/home/recipe.txt"}
+    query = embedder.embed(["rocket"])[0]
+    dense = store.dense_search(query, both, 5)
+    assert {store.chunks([i])[0].file for i, _ in dense} == files
+    assert [s for _, s in dense] == sorted((s for _, s in dense), reverse=True)
+    ids = [i for i, _ in dense]
+    vectors = store.vectors(ids, both)  # each from the collection that holds it
+    assert np.allclose(vectors @ query, [s for _, s in dense], atol=1e-5)
+    misc_id = store.keyword_search("rocket", "misc", 1)[0][0]
+    assert not store.vectors([misc_id], both).any()  # not in these collections: zeros
+
+
+def test_a_small_collection_beside_a_big_one_still_gets_its_keyword_hits(store: DocumentStore, embedder: Embedder) -> None:
+    """FTS5 ranks first and the collection is filtered after: the small collection's hits are past the
+    over-fetch when the big one matches better, so the search must fall back to ranking with the join."""
+    store.repair(embedder)
+    big = [f"Rocket engine rocket fuel rocket stage, note {i}." for i in range(300)]
+    add(store, embedder, "/big/rockets.txt", big, "big")
+    small = ["A salad with a little rocket."] + [f"Lemon dressing, step {i}." for i in range(29)]
+    add(store, embedder, "/small/salad.txt", small, "small")
+    hits = store.keyword_search("rocket", "small", 5)  # over-fetch of 115 of 330 chunks: all from "big"
+    assert [store.chunks([i])[0].text for i, _ in hits] == ["A salad with a little rocket."]
+    assert len(store.keyword_search("rocket", "big", 5)) == 5
+
+
+def test_the_commonest_words_are_left_out_past_the_match_budget(
+        store: DocumentStore, embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    import assistant.rag.store as store_module
+
+    store.repair(embedder)
+    texts = [f"Common words everywhere, line {i}." for i in range(40)] + ["Common words and one zeppelin."]
+    add(store, embedder, "/notes.txt", texts)
+    everything = store.keyword_search("common zeppelin", "default", 100)
+    assert len(everything) == 41  # within budget: every chunk with either word is ranked
+    monkeypatch.setattr(store_module, "MATCH_BUDGET", 10)
+    only_rare = store.keyword_search("common zeppelin", "default", 100)
+    assert [store.chunks([i])[0].text for i, _ in only_rare] == ["Common words and one zeppelin."]
+    # A query of common words alone still searches with its rarest word.
+    assert len(store.keyword_search("common words", "default", 100)) == 41
+
+
 def test_vectors_are_saved_in_batches_not_per_document(store: DocumentStore, embedder: Embedder) -> None:
     store.repair(embedder)
     texts = [f"Note number {i} about topic {i % 7}." for i in range(200)]

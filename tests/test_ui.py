@@ -252,8 +252,13 @@ def test_drop_a_folder_index_it_and_get_a_cited_answer(qtbot, window: MainWindow
     type_and_send(qtbot, window, "What is our dog called?")
     qtbot.waitUntil(lambda: not window.busy and any(b.role == "assistant" and b.message_id for b in window.chat.bubbles),
                     timeout=60_000)
-    answer = [b for b in window.chat.bubbles if b.role == "assistant"][-1]
-    assert answer.sources_label.isVisible() and "pets.md" in answer.sources_label.text()
+    # After the answer the chat is re-read from disk (for the saved ids): its new bubbles are shown by Qt
+    # one event-loop turn later, so wait for the sources to be on screen rather than test mid-swap.
+    def last_answer():
+        return [b for b in window.chat.bubbles if b.role == "assistant"][-1]
+
+    qtbot.waitUntil(lambda: last_answer().sources_label.isVisible(), timeout=10_000)
+    assert "pets.md" in last_answer().sources_label.text()
     assert "documents in 'default'" in window.input.placeholderText()
     window.side_tabs.setCurrentIndex(0)
     qtbot.waitUntil(lambda: window.conversation_list.count() == 1, timeout=5_000)

@@ -14,6 +14,7 @@ answerable questions): recall@5 keyword 0.749, dense 0.525, RRF 0.683, hybrid 0.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,9 +54,9 @@ def keyword_query(question: str) -> str:
     return " ".join(kept or words)
 
 
-def search(store, embedder, query: str, collection: str, k: int = 5, mode: str = "hybrid",
+def search(store, embedder, query: str, collection: str | Sequence[str], k: int = 5, mode: str = "hybrid",
            keyword_weight: float = KEYWORD_WEIGHT, pool: int = POOL) -> list[Hit]:
-    """The k best chunks for query in collection; mode is hybrid, dense or keyword."""
+    """The k best chunks for query in a collection (or several together); mode is hybrid, dense or keyword."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     if not query.strip():
@@ -92,7 +93,7 @@ def search(store, embedder, query: str, collection: str, k: int = 5, mode: str =
     return hits
 
 
-def _fuse(store, vector, keyword, dense, collection: str, keyword_weight: float) -> list[tuple[int, float]]:
+def _fuse(store, vector, keyword, dense, collection: str | Sequence[str], keyword_weight: float) -> list[tuple[int, float]]:
     candidates = sorted({cid for cid, _ in keyword} | {cid for cid, _ in dense})
     if not candidates:
         return []
