@@ -65,6 +65,8 @@ class Settings:
     top_k: int = 5  # passages from the user's documents given to the model
     search_mode: str = "hybrid"  # hybrid | dense | keyword
     min_similarity: float = 0.25  # below this cosine, a passage is not about the question
+    diversity: float = 0.3  # MMR: 0 ranks by score alone; COVID-QA hybrid recall@5 0.760 at 0, 0.764 at 0.3
+    passage_neighbours: int = 1  # chunks either side of each passage given to the model, while they fit
 
     def validate(self) -> Settings:
         """Raise SettingsError naming the first value the app cannot use."""
@@ -80,6 +82,8 @@ class Settings:
             (self.search_mode in ("hybrid", "dense", "keyword"),
              f"Search mode must be hybrid, dense or keyword, not {self.search_mode!r}."),
             (-1.0 <= self.min_similarity <= 1.0, f"Minimum similarity must be between -1 and 1, not {self.min_similarity}."),
+            (0.0 <= self.diversity < 1.0, f"Diversity must be at least 0 and below 1, not {self.diversity}."),
+            (0 <= self.passage_neighbours <= 5, f"Neighbouring chunks must be between 0 and 5, not {self.passage_neighbours}."),
         ]
         for ok, message in checks:
             if not ok:

@@ -7,7 +7,7 @@ events (assistant.events); nothing here imports Qt.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +20,12 @@ from assistant.memory.conversations import ConversationStore
 # When older turns must go, cut down to this share of the room, so the next few turns fit without
 # moving the cut and reuse the KV cache instead of re-reading the whole prompt every turn.
 TRIM_TARGET = 0.75
+
+# Retrieved passages may take this share of what the context leaves after the reply's reserve; the rest
+# is for the question, the system prompt and recent turns.
+PASSAGE_SHARE = 0.6
+PASSAGE_OVERHEAD = 16  # tokens around each passage in the prompt: its number, file name, quotes
+ALL_COLLECTIONS = "*"
 
 # Settings that need the model reloaded when they change.
 ENGINE_SETTINGS = ("model_path", "n_ctx", "n_threads", "n_gpu_layers", "flash_attn")
@@ -106,55 +112,125 @@ class Assistant:
         return index_paths(self.documents, self.embedder, [Path(p) for p in paths], collection,
                            progress=progress, cancel=cancel, pause=self.generating)
 
-    def search(self, query: str, collection: str = "default", k: int | None = None, mode: str | None = None):
-        """The passages of a collection that best match query (list of retriever.Hit)."""
+    def collection_names(self, collection: str | Sequence[str]) -> list[str]:
+        """The collections meant: one name, several, or "*" for every collection there is."""
+        docs = self.documents
+        if collection == ALL_COLLECTIONS:
+            return [c.name for c in docs.list_collections()]
+        names = [collection] if isinstance(collection, str) else list(collection)
+        for name in names:
+            if docs.collection_id(name) is None:
+                raise AssistantError(f"There is no document collection named {name!r}. Add documents to it first.")
+        return names
+
+    def search(self, query: str, collection: str | Sequence[str] = "default", k: int | None = None,
+               mode: str | None = None):
+        """The passages of one collection, several, or all ("*") that best match query (list of retriever.Hit)."""
         from assistant.rag.retriever import search
 
         docs = self.documents
-        if docs.collection_id(collection) is None:
-            raise AssistantError(f"There is no document collection named {collection!r}. Add documents to it first.")
-        if docs.missing_vectors(collection):
-            docs.repair(self.embedder, collection)  # chunks committed after the last index save (a crash)
-        return search(docs, self.embedder, query, collection, k or self.settings.top_k,
-                      mode or self.settings.search_mode)
+        names = self.collection_names(collection)
+        for name in names:
+            if docs.missing_vectors(name):
+                docs.repair(self.embedder, name)  # chunks committed after the last index save (a crash)
+        return search(docs, self.embedder, query, names, k or self.settings.top_k,
+                      mode or self.settings.search_mode, diversity=self.settings.diversity)
 
-    def _retrieve(self, question: str, collection: str) -> tuple[Sources, list]:
-        """Relevant passages as a Sources event, and the hits kept."""
+    def _retrieve(self, question: str, collection: str | Sequence[str],
+                  whole_document: str | None = None) -> tuple[Sources, list, list[str]]:
+        """Relevant passages as a Sources event, the hits given to the model and the text of each (with
+        its neighbouring chunks where they fit). Passages that do not fit the context are left out."""
+        from assistant.rag.retriever import Hit, join_chunks
+
+        label = collection if isinstance(collection, str) else ", ".join(collection)
+        if whole_document is not None:
+            records = self.documents.document_chunks(whole_document, self.collection_names(collection))
+            if not records:
+                raise AssistantError(f"{Path(whole_document).name} is no longer in the documents of '{label}'.")
+            hit = Hit(records[0].chunk_id, whole_document, None, None, join_chunks(records), 1.0, None, None, None,
+                      ["the whole document, as asked"])
+            source = Source(1, hit.file, None, hit.text, 1.0, hit.chunk_id, tuple(hit.why))
+            return Sources((source,), label), [hit], [hit.text]
         hits = self.search(question, collection)
         floor = self.settings.min_similarity
-        kept = [h for h in hits if h.similarity is None or h.similarity >= floor]
+        relevant = [h for h in hits if h.similarity is None or h.similarity >= floor]
+        kept, texts, whole = self._fit_passages(relevant)
 
         def why(h) -> tuple[str, ...]:
             similarity = [f"similarity {h.similarity:.2f}"] if h.similarity is not None else []
             return (*h.why, *similarity, f"fused score {h.score:.2f}")
 
+        def reason(h) -> str:
+            return f"below {floor:.2f}: dropped" if h not in relevant else "did not fit the model's context: dropped"
+
         sources = tuple(Source(n, h.file, h.page, h.text, h.score, h.chunk_id, why(h)) for n, h in enumerate(kept, 1))
-        dropped = tuple(Source(0, h.file, h.page, h.text, h.score, h.chunk_id, (*why(h), f"below {floor:.2f}: dropped"))
+        dropped = tuple(Source(0, h.file, h.page, h.text, h.score, h.chunk_id, (*why(h), reason(h)))
                         for h in hits if h not in kept)
-        return Sources(sources, collection, dropped), kept
+        return Sources(sources, label, dropped, whole), kept, texts
+
+    def _fit_passages(self, hits: list) -> tuple[list, list[str], str | None]:
+        """The hits that fit PASSAGE_SHARE of the context; each one's text widened by its neighbouring
+        chunks while that still fits (best hit first); and the top hit's file if it would fit whole."""
+        from assistant.rag.retriever import expand, join_chunks
+
+        if not hits:
+            return [], [], None
+        if self.engine is None:
+            self.load_model()  # its tokenizer measures the passages
+        engine = self.engine
+        budget = int((engine.n_ctx - min(self.settings.max_tokens, engine.n_ctx // 4)) * PASSAGE_SHARE)
+
+        def cost(text: str) -> int:
+            return len(engine.tokenize(text)) + PASSAGE_OVERHEAD
+
+        kept: list = []
+        texts: list[str] = []
+        used = 0
+        for hit in hits:
+            c = cost(hit.text)
+            if kept and used + c > budget:
+                break
+            kept.append(hit)
+            texts.append(hit.text)
+            used += c
+        for i, hit in enumerate(kept):
+            wider = expand(self.documents, [hit], self.settings.passage_neighbours)[0]
+            if wider != texts[i]:
+                extra = cost(wider) - cost(texts[i])
+                if used + extra <= budget:
+                    texts[i], used = wider, used + extra
+        whole = None
+        records = self.documents.document_chunks(kept[0].file)
+        # Offered only when it gives the model more than it has, and without tokenizing a whole book.
+        if len(records) > 1 and sum(len(r.text) for r in records) < budget * 8:
+            text = join_chunks(records)
+            if text not in texts and cost(text) <= budget:
+                whole = kept[0].file
+        return kept, texts, whole
 
     # -- answering ------------------------------------------------------------------------
 
     def stream(self, history: list[dict[str, str]], stop: threading.Event | None = None,
-               collection: str | None = None) -> Iterator[Event]:
+               collection: str | Sequence[str] | None = None, whole_document: str | None = None) -> Iterator[Event]:
         """Answer the last user message of `history` (role/content dicts), without saving anything.
 
-        With a collection, the answer is grounded in its passages, which come first as a Sources event.
+        With a collection (a name, several, or "*" for all), the answer is grounded in its passages,
+        which come first as a Sources event; with whole_document too, in the whole of that file.
         """
         try:
             if collection:
                 question = history[-1]["content"]
-                sources, hits = self._retrieve(question, collection)
+                sources, hits, texts = self._retrieve(question, collection, whole_document)
                 yield sources
                 if not hits:
                     # Saying so beats letting a model invent an answer "from the documents".
-                    answer = f"I found nothing about this in the documents of '{collection}'."
+                    answer = f"I found nothing about this in the documents of '{sources.collection}'."
                     yield Token(answer)
                     yield Done(answer, "stop", 0, 0, 0, 0.0, 0.0, 0.0, 0.0)
                     return
                 from assistant.rag.citations import passages_prompt
 
-                history = history[:-1] + [{"role": "user", "content": passages_prompt(question, hits)}]
+                history = history[:-1] + [{"role": "user", "content": passages_prompt(question, hits, texts)}]
             if self.engine is None:
                 self.load_model()
             engine = self.engine
@@ -181,7 +257,7 @@ class Assistant:
         except AssistantError as exc:
             yield Error(str(exc))
 
-    def ask(self, question: str, stop: threading.Event | None = None, collection: str | None = None) -> Iterator[Event]:
+    def ask(self, question: str, stop: threading.Event | None = None, collection: str | Sequence[str] | None = None) -> Iterator[Event]:
         """A one-off question with the system prompt, outside any saved conversation."""
         if not question.strip():
             yield Error("Type a question first: the message is empty.")
@@ -189,7 +265,7 @@ class Assistant:
         yield from self.stream(self._with_system([{"role": "user", "content": question}]), stop, collection)
 
     def send(self, conversation_id: int, text: str, stop: threading.Event | None = None,
-             collection: str | None = None) -> Iterator[Event]:
+             collection: str | Sequence[str] | None = None) -> Iterator[Event]:
         """Save the user's message, stream the answer, save the answer (partial if stopped)."""
         if not text.strip():
             yield Error("Type a question first: the message is empty.")
@@ -203,7 +279,7 @@ class Assistant:
         yield from self._answer(conversation_id, stop, collection=collection)
 
     def regenerate(self, conversation_id: int, stop: threading.Event | None = None,
-                   collection: str | None = None) -> Iterator[Event]:
+                   collection: str | Sequence[str] | None = None, whole_document: str | None = None) -> Iterator[Event]:
         """Answer the last question again; the old answer goes only once a new one is saved."""
         messages = self.conversations.messages(conversation_id)
         old = messages[-1] if messages and messages[-1].role == "assistant" else None
@@ -212,11 +288,12 @@ class Assistant:
         if not messages or messages[-1].role != "user":
             yield Error("There is no question to answer again in this chat.")
             return
-        yield from self._answer(conversation_id, stop, replaces=old.id if old else None, collection=collection)
+        yield from self._answer(conversation_id, stop, replaces=old.id if old else None, collection=collection,
+                                whole_document=whole_document)
 
     def edit_and_resend(
         self, conversation_id: int, message_id: int, text: str, stop: threading.Event | None = None,
-        collection: str | None = None,
+        collection: str | Sequence[str] | None = None,
     ) -> Iterator[Event]:
         """Replace a user message, forget everything after it, and answer again."""
         if not text.strip():
@@ -226,10 +303,10 @@ class Assistant:
         yield from self.send(conversation_id, text, stop, collection)
 
     def _answer(self, conversation_id: int, stop: threading.Event | None, replaces: int | None = None,
-                collection: str | None = None) -> Iterator[Event]:
+                collection: str | Sequence[str] | None = None, whole_document: str | None = None) -> Iterator[Event]:
         history = _alternating([m for m in self.conversations.messages(conversation_id) if m.id != replaces])
         sources: Sources | None = None
-        for event in self.stream(self._with_system(history), stop, collection):
+        for event in self.stream(self._with_system(history), stop, collection, whole_document):
             if isinstance(event, Sources):
                 sources = event
             if isinstance(event, Done) and (event.answer or event.finish_reason != "cancelled"):
@@ -239,6 +316,8 @@ class Assistant:
                     meta["collection"] = sources.collection
                     meta["sources"] = [source_dict(s) for s in sources.sources]
                     meta["dropped"] = [source_dict(s) for s in sources.dropped]
+                    if sources.whole_document:
+                        meta["whole_document"] = sources.whole_document
                 if replaces is not None:
                     self.conversations.delete_from(conversation_id, replaces)
                 saved = self.conversations.add_message(conversation_id, "assistant", event.answer, meta)

@@ -42,8 +42,9 @@ class Sources:
     """The passages the answer may cite; sent before the first token."""
 
     sources: tuple[Source, ...]
-    collection: str
+    collection: str  # as asked: a name, several joined by ", ", or "*" for all
     dropped: tuple[Source, ...] = ()  # found, but left out as not about the question (n = 0)
+    whole_document: str | None = None  # a file that fits the context whole: the UI offers answering from all of it
 
 
 @dataclass(frozen=True)

@@ -440,8 +440,10 @@ def summarise_ranks(ranks: list[int | None]) -> dict[str, float]:
 
 def evaluate_quality(store: DocumentStore, embedder: Any, collection: str,
                      questions: list[tuple[str, str, list[str]]]) -> dict[str, Any]:
+    from assistant.config import Settings
     from assistant.rag.retriever import search
 
+    diversity = Settings().diversity  # hybrid as the app runs it: with MMR
     by_file: dict[str, list[tuple[int, str]]] = defaultdict(list)
     records = store.chunks(store.chunk_ids(collection).tolist())
     for record in records:
@@ -461,14 +463,15 @@ def evaluate_quality(store: DocumentStore, embedder: Any, collection: str,
         started = time.perf_counter()
         for question, relevant in gold:
             for mode in SEARCH_MODES:
-                hits = search(store, cached, question, collection, k=MAX_RANK, mode=mode)
+                hits = search(store, cached, question, collection, k=MAX_RANK, mode=mode,
+                              diversity=diversity if mode == "hybrid" else 0.0)
                 ranks[mode].append(first_rank([h.chunk_id for h in hits], relevant))
             ranks["rrf"].append(first_rank(rrf_ranking(store, cached, question, collection), relevant))
         seconds = time.perf_counter() - started
     return {
         "chunks": len(records), "papers": len(by_file), "questions": len(questions), "answerable": len(gold),
         "modes": {mode: summarise_ranks(r) for mode, r in ranks.items()},
-        "seconds": round(seconds, 1), "other_cores": busy.other_cores,
+        "seconds": round(seconds, 1), "other_cores": busy.other_cores, "hybrid_diversity": diversity,
     }
 
 

@@ -119,3 +119,71 @@ def test_cli_index_search_ask(isolated_home, docs) -> None:
     assert "Acme" in hits[0]["text"] and {"file", "page", "score", "text", "chunk_id"} <= hits[0].keys()
     answer = run("ask", "How much revenue did Acme make?", "--collection", "cli", "--json", "--temperature", "0")
     assert answer["sources"] and {"n", "file", "page", "text"} <= answer["sources"][0].keys()
+
+
+LOG = "\n\n".join(
+    f"Day {i}. The lighthouse keeper wrote that the {colour} boat passed the rocks at dawn, that the wind came "
+    f"from the {wind} and that the lamp needed {oil} litres of oil. He repaired a {thing} and watched the "
+    f"gulls over the harbour until the tide turned. Visitors that day: {visitors}."
+    for i, (colour, wind, oil, thing, visitors) in enumerate([
+        ("red", "north", 3, "shutter", "none"), ("blue", "east", 4, "ladder", "a painter"),
+        ("green", "south", 2, "window", "two fishermen"), ("yellow", "west", 5, "door", "the mayor"),
+        ("white", "north-east", 6, "lens cover", "a doctor"), ("black", "south-west", 1, "bell", "nobody"),
+        ("orange", "north-west", 7, "chimney", "a surveyor"), ("purple", "south-east", 8, "gate", "his sister"),
+    ] * 2, 1)
+)
+
+
+def test_several_collections_or_all_are_searched_together(assistant: Assistant, tmp_path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "plan.txt").write_text("The dog-walking rota: Rex is walked by Anna on Mondays.\n")
+    assistant.index([work], "work")
+    for collection in (["home", "work"], "*"):
+        hits = assistant.search("Who walks Rex the dog?", collection, k=5)
+        files = {os.path.basename(h.file) for h in hits}
+        assert {"pets.md", "plan.txt"} <= files, collection
+    assert {os.path.basename(h.file) for h in assistant.search("Who walks Rex the dog?", "home", k=5)} <= \
+        {"pets.md", "report.txt", "notes.txt"}
+    events = list(assistant.ask("Who walks Rex?", collection=["home", "work"]))
+    sources = next(e for e in events if isinstance(e, Sources))
+    assert sources.collection == "home, work" and any(s.file.endswith("plan.txt") for s in sources.sources)
+    with pytest.raises(Exception, match="no document collection named 'nope'"):
+        assistant.search("x", ["home", "nope"])
+
+
+def test_passages_grow_by_their_neighbours_and_the_whole_file_is_offered_when_it_fits(
+        isolated_home, tmp_path) -> None:
+    folder = tmp_path / "log"
+    folder.mkdir()
+    (folder / "log.txt").write_text(LOG)
+    a = Assistant(Settings(n_ctx=4096, temperature=0, max_tokens=40, top_k=1, passage_neighbours=1), home=isolated_home)
+    try:
+        a.index([folder], "log")
+        records = a.documents.document_chunks(str(folder / "log.txt"))
+        assert len(records) >= 4
+        sources, hits, texts = a._retrieve("Which day did the mayor visit the lighthouse?", "log")
+        assert "the mayor" in hits[0].text
+        # The passage the model reads is the chunk with its neighbours, each overlap once, in file order.
+        assert hits[0].text in texts[0] and len(texts[0]) > len(hits[0].text)
+        assert texts[0] in LOG
+        # The log fits the context whole (about 1,700 tokens of the 2,400 allowed), so answering from all
+        # of it is offered; asked for, the whole file is the one passage.
+        assert sources.whole_document == str(folder / "log.txt")
+        conv = a.conversations.create()
+        list(a.send(conv.id, "Which day did the mayor visit?", collection="log"))
+        events = list(a.regenerate(conv.id, collection="log", whole_document=sources.whole_document))
+        whole = next(e for e in events if isinstance(e, Sources))
+        assert len(whole.sources) == 1 and whole.sources[0].text == LOG
+        assert isinstance(events[-1], Done) and a.conversations.messages(conv.id)[-1].meta["sources"][0]["text"] == LOG
+
+        # A small context: the file no longer fits whole, neighbours are left out, and passages past the
+        # room are dropped with that reason (the inspector shows it) instead of overflowing the prompt.
+        a.update_settings(Settings(n_ctx=512, temperature=0, max_tokens=40, top_k=8, passage_neighbours=1,
+                                   min_similarity=-1.0), save=False)
+        sources, hits, texts = a._retrieve("What did the lighthouse keeper repair?", "log")
+        assert sources.whole_document is None and texts == [h.text for h in hits]
+        assert 1 <= len(hits) < 8
+        assert any("did not fit" in s.why[-1] for s in sources.dropped)
+    finally:
+        a.close()

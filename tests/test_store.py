@@ -361,3 +361,34 @@ def test_an_index_from_another_model_or_a_damaged_file_is_rebuilt(isolated_home:
     assert store.repair(embedder) == 2
     assert_consistent(store)
     store.close()
+
+
+def test_diversity_lets_a_duplicate_give_way(store: DocumentStore, embedder: Embedder) -> None:
+    from assistant.rag.retriever import search
+
+    store.repair(embedder)
+    same = "The red kite nests in tall oak trees near the river."
+    add(store, embedder, "/a/kites.txt", [same])
+    add(store, embedder, "/b/kites copy.txt", [same])
+    add(store, embedder, "/c/birds.txt", ["Red kites build their nests in old woodland, often close to water."])
+    add(store, embedder, "/d/cars.txt", ["The car needs new tyres before winter."])
+    plain = search(store, embedder, "Where does the red kite nest?", "default", k=2)
+    assert {h.text for h in plain} == {same}  # the copy outranks the other passage
+    diverse = search(store, embedder, "Where does the red kite nest?", "default", k=2, diversity=0.3)
+    assert diverse[0].text == same and "woodland" in diverse[1].text
+
+
+def test_neighbouring_chunks_join_without_repeating_their_overlap(store: DocumentStore, embedder: Embedder) -> None:
+    from assistant.rag.retriever import expand, join_chunks, search
+
+    store.repair(embedder)
+    text = "Alpha one two. Beta three four. Gamma five six. Delta seven eight."
+    spans = [(0, 31), (15, 47), (32, len(text))]  # overlapping, as the chunker makes them
+    chunks = [Chunk(text[s:e], None, None, s, e) for s, e in spans]
+    store.add_document_chunks("default", "/t.txt", "h", len(text), 1.0, None, chunks,
+                              embedder.embed([c.text for c in chunks]))
+    records = store.document_chunks("/t.txt")
+    assert join_chunks(records) == text
+    hit = search(store, embedder, "Gamma five six", "default", k=1, mode="keyword")[0]
+    assert hit.text == text[15:47]
+    assert expand(store, [hit], 1) == [text] and expand(store, [hit], 0) == [hit.text]

@@ -18,13 +18,15 @@ INSTRUCTIONS = (
 _FENCE_TAG = re.compile(r"</?\s*passages\s*>", re.IGNORECASE)
 
 
-def passages_prompt(question: str, hits: list[Hit]) -> str:
-    """The user turn the model sees: instructions, the passages fenced as data, then the question."""
+def passages_prompt(question: str, hits: list[Hit], texts: list[str] | None = None) -> str:
+    """The user turn the model sees: instructions, the passages fenced as data, then the question.
+    texts, when given, replace the hits' own (a passage widened by its neighbouring chunks)."""
     blocks = []
     for n, hit in enumerate(hits, 1):
         place = Path(hit.file).name + (f", page {hit.page}" if hit.page else "")
         # A passage must not be able to end its quote or the passage list early.
-        text = _FENCE_TAG.sub("", hit.text.replace('"""', "'''"))
+        raw = texts[n - 1] if texts is not None else hit.text
+        text = _FENCE_TAG.sub("", raw.replace('"""', "'''"))
         blocks.append(f'[{n}] ({place})\n"""\n{text}\n"""')
     return f"{INSTRUCTIONS}\n\n<passages>\n" + "\n\n".join(blocks) + f"\n</passages>\n\nQuestion: {question}"
 

