@@ -16,6 +16,7 @@ from assistant.errors import AssistantError, ContextOverflowError
 from assistant.events import ContextTrimmed, Done, Error, Event, Source, Sources, Token
 from assistant.llm.engine import Engine, LoadReport
 from assistant.memory.conversations import ConversationStore
+from assistant.rag import ALL_COLLECTIONS
 
 # When older turns must go, cut down to this share of the room, so the next few turns fit without
 # moving the cut and reuse the KV cache instead of re-reading the whole prompt every turn.
@@ -25,7 +26,7 @@ TRIM_TARGET = 0.75
 # is for the question, the system prompt and recent turns.
 PASSAGE_SHARE = 0.6
 PASSAGE_OVERHEAD = 16  # tokens around each passage in the prompt: its number, file name, quotes
-ALL_COLLECTIONS = "*"
+
 
 # Settings that need the model reloaded when they change.
 ENGINE_SETTINGS = ("model_path", "n_ctx", "n_threads", "n_gpu_layers", "flash_attn")

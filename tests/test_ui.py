@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -263,3 +264,42 @@ def test_drop_a_folder_index_it_and_get_a_cited_answer(qtbot, window: MainWindow
     window.side_tabs.setCurrentIndex(0)
     qtbot.waitUntil(lambda: window.conversation_list.count() == 1, timeout=5_000)
     window.grab().save(str(artifacts / "answer_with_sources.png"))
+
+
+def test_all_collections_together_and_answering_from_a_whole_file(qtbot, window: MainWindow, tmp_path, artifacts) -> None:
+    from tests.test_rag_answer import LOG
+
+    (tmp_path / "log").mkdir()
+    log = "\n\n".join(LOG.split("\n\n")[:6])  # two chunks; fits this window's context whole
+    (tmp_path / "log" / "log.txt").write_text(log)
+    (tmp_path / "pets").mkdir()
+    (tmp_path / "pets" / "pets.md").write_text("# Pets\n\nThe lighthouse cat is called Biscuit. The mayor loves her.\n")
+    # Passages alone (no neighbouring chunks, which would already give the model all of this short file).
+    window.assistant.update_settings(dataclasses.replace(window.assistant.settings, passage_neighbours=0), save=False)
+    panel = window.documents
+    for folder in ("log", "pets"):
+        panel.index_paths([tmp_path / folder], folder)
+        qtbot.waitUntil(lambda: not panel.busy, timeout=120_000)
+    qtbot.waitUntil(lambda: panel.collection.findData("*") >= 0, timeout=10_000)
+    panel.collection.setCurrentIndex(panel.collection.findData("*"))
+    assert window.documents.current_collection() == "*"
+    qtbot.waitUntil(lambda: panel.files.topLevelItemCount() == 2, timeout=10_000)  # the files of both
+    assert "all your collections" in window.input.placeholderText()
+
+    def last_answer():
+        return [b for b in window.chat.bubbles if b.role == "assistant"][-1]
+
+    type_and_send(qtbot, window, "Which day did the mayor visit the lighthouse keeper?")
+    qtbot.waitUntil(lambda: not window.busy and last_answer().sources_label.isVisible(), timeout=60_000)
+    assert os.path.basename(last_answer().sources[0]["file"]) == "log.txt"
+    searched = {os.path.basename(s["file"]) for s in last_answer().sources + last_answer().dropped}
+    assert searched == {"log.txt", "pets.md"}  # found in both collections (kept or not)
+    offered = last_answer().whole_document
+    assert offered and offered.endswith("log.txt") and "whole of log.txt" in last_answer().sources_label.text()
+    window.grab().save(str(artifacts / "answer_all_collections.png"))
+
+    last_answer().sources_label.linkActivated.emit("whole:")  # the user clicks "Answer from the whole of log.txt"
+    qtbot.waitUntil(lambda: not window.busy and len(window.chat.bubbles) == 2 and last_answer().message_id
+                    and last_answer().sources_label.isVisible(), timeout=60_000)
+    assert [s["text"] for s in last_answer().sources] == [log]
+    assert last_answer().whole_document is None  # already the whole file: nothing more to offer

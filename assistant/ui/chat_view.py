@@ -19,12 +19,14 @@ from PySide6.QtWidgets import (
 )
 
 from assistant import markdown
+from assistant.viewer import open_at_page
 
 ROLE_NAMES = {"user": "You", "assistant": "Assistant", "notice": "Note", "error": "Problem"}
 
 
 class MessageBubble(QFrame):
     editRequested = Signal(object)  # the bubble
+    wholeRequested = Signal(str)  # answer again from the whole of this file
 
     def __init__(self, role: str, text: str = "", message_id: int | None = None, dark: bool = False) -> None:
         super().__init__()
@@ -85,11 +87,12 @@ class MessageBubble(QFrame):
     def set_meta(self, text: str) -> None:
         self.meta.setText(text)
 
-    def show_sources(self, sources: list[dict], dropped: list[dict] = ()) -> None:
-        """List the passages under the answer: cited ones first and bold; each opens its file."""
+    def show_sources(self, sources: list[dict], dropped: list[dict] = (), whole_document: str | None = None) -> None:
+        """List the passages under the answer: cited ones first and bold; each opens its file (at its page).
+        When the best passage's file fits the context whole, offer answering from all of it."""
         from assistant.rag.citations import cited_numbers
 
-        self.sources, self.dropped = sources, list(dropped)
+        self.sources, self.dropped, self.whole_document = sources, list(dropped), whole_document
         if not sources:
             self.sources_label.setText('<p><a href="why:">Why no passages?</a></p>' if dropped else "")
             self.sources_label.setVisible(bool(dropped))
@@ -105,7 +108,9 @@ class MessageBubble(QFrame):
             label = f'<a href="open:{n}">[{n}] {place}</a>'
             lines.append(f"<b>{label}</b> — {snippet}…" if n in cited else f'{label} <span style="color:gray;">— {snippet}…</span>')
         title = "Sources" if cited else "Passages given to the model (none cited)"
-        self.sources_label.setText(f'<p><b>{title}</b> &nbsp; <a href="why:">Why these?</a><br>'
+        whole = f' &nbsp; <a href="whole:">Answer from the whole of {html.escape(Path(whole_document).name)}</a>' \
+            if whole_document else ""
+        self.sources_label.setText(f'<p><b>{title}</b> &nbsp; <a href="why:">Why these?</a>{whole}<br>'
                                    + "<br>".join(lines) + "</p>")
         self.sources_label.setVisible(True)
 
@@ -116,9 +121,13 @@ class MessageBubble(QFrame):
         if href == "why:":
             self._inspect()
             return
+        if href == "whole:":
+            if self.whole_document:
+                self.wholeRequested.emit(self.whole_document)
+            return
         n = int(href.split(":", 1)[1])
         source = next((s for s in self.sources if s["n"] == n), None)
-        if source is not None:
+        if source is not None and not open_at_page(source["file"], source.get("page")):
             QDesktopServices.openUrl(QUrl.fromLocalFile(source["file"]))
 
     def _inspect(self) -> None:
@@ -150,6 +159,7 @@ class MessageBubble(QFrame):
 
 class ChatView(QScrollArea):
     editRequested = Signal(object)
+    wholeRequested = Signal(str)
 
     def __init__(self) -> None:
         super().__init__()
@@ -166,6 +176,7 @@ class ChatView(QScrollArea):
         self._streaming: MessageBubble | None = None
         self._sources: list[dict] = []
         self._dropped: list[dict] = []
+        self._whole: str | None = None
         self._pending = ""
         # Re-rendering Markdown on every token is wasteful; 25 frames a second reads as smooth.
         self._render_timer = QTimer(self)
@@ -185,6 +196,7 @@ class ChatView(QScrollArea):
     def add(self, role: str, text: str = "", message_id: int | None = None) -> MessageBubble:
         bubble = MessageBubble(role, text, message_id, self.dark)
         bubble.editRequested.connect(self.editRequested)
+        bubble.wholeRequested.connect(self.wholeRequested)
         self.column.insertWidget(self.column.count() - 1, bubble)
         self.bubbles.append(bubble)
         self._stick_to_bottom = True
@@ -208,8 +220,8 @@ class ChatView(QScrollArea):
         if bubble is not None and meta:
             bubble.set_meta(meta)
         if bubble is not None and (self._sources or self._dropped):
-            bubble.show_sources(self._sources, self._dropped)
-        self._sources, self._dropped = [], []
+            bubble.show_sources(self._sources, self._dropped, self._whole)
+        self._sources, self._dropped, self._whole = [], [], None
         return bubble
 
     def set_sources(self, event) -> None:
@@ -218,6 +230,7 @@ class ChatView(QScrollArea):
 
         self._sources = [source_dict(s) for s in event.sources]
         self._dropped = [source_dict(s) for s in event.dropped]
+        self._whole = event.whole_document
 
     def streaming_text(self) -> str:
         return self._pending if self._streaming is not None else ""

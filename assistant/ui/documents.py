@@ -24,6 +24,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from assistant.rag import ALL_COLLECTIONS
+
 NO_DOCUMENTS = "No documents"
 
 
@@ -130,6 +132,8 @@ class DocumentsPanel(QWidget):
         if self.assistant is None or self.busy or not paths:
             return
         collection = collection or self.current_collection() or "default"
+        if collection == ALL_COLLECTIONS:
+            collection = "default"
         self.busy = True
         self._set_buttons()
         self.progress.setVisible(True)
@@ -178,7 +182,12 @@ class DocumentsPanel(QWidget):
         def read():
             docs = self.assistant.documents
             collections = docs.list_collections()
-            files = docs.documents(chosen) if chosen and docs.collection_id(chosen) is not None else []
+            if chosen == ALL_COLLECTIONS:
+                files = [(c.name, f) for c in collections for f in docs.documents(c.name)]
+            elif chosen and docs.collection_id(chosen) is not None:
+                files = [(chosen, f) for f in docs.documents(chosen)]
+            else:
+                files = []
             return collections, files
 
         self.tasks.submit(read, lambda result: self._show(result, chosen))
@@ -192,16 +201,19 @@ class DocumentsPanel(QWidget):
         self.collection.addItem(NO_DOCUMENTS, "")
         for c in collections:
             self.collection.addItem(f"{c.name} ({c.documents} files)", c.name)
+        if len(collections) > 1:
+            self.collection.addItem(f"All {len(collections)} collections", ALL_COLLECTIONS)
         index = max(0, self.collection.findData(chosen))
         self.collection.setCurrentIndex(index)
         self.collection.blockSignals(False)
         self.files.clear()
-        for d in files:
+        for collection, d in files:
             status = d.status if not d.reason else f"{d.status}: {d.reason}"
             item = QTreeWidgetItem([Path(d.path).name, status, str(d.chunk_count)])
-            item.setToolTip(0, d.path)
+            item.setToolTip(0, d.path if chosen != ALL_COLLECTIONS else f"{d.path}\nin '{collection}'")
             item.setToolTip(1, status)
             item.setData(0, Qt.UserRole, d.path)
+            item.setData(0, Qt.UserRole + 1, collection)
             self.files.addTopLevelItem(item)
         self._set_buttons()
         if self.current_collection() != before:
@@ -224,7 +236,7 @@ class DocumentsPanel(QWidget):
         if not paths:
             return
         collection = self.current_collection()
-        if not collection:
+        if collection in ("", ALL_COLLECTIONS):
             name, ok = QInputDialog.getText(self, "New collection", "Name of the collection:", text="default")
             if not ok or not name.strip():
                 return
@@ -233,14 +245,13 @@ class DocumentsPanel(QWidget):
 
     def _remove_selected(self) -> None:
         item = self.files.currentItem()
-        collection = self.current_collection()
-        if item is None or not collection or self.busy:
+        if item is None or self.busy:
             return
-        self.removeRequested.emit(collection, item.data(0, Qt.UserRole))
+        self.removeRequested.emit(item.data(0, Qt.UserRole + 1), item.data(0, Qt.UserRole))
 
     def _reindex(self) -> None:
         collection = self.current_collection()
-        if not collection:
+        if collection in ("", ALL_COLLECTIONS):
             return
         paths = [Path(self.files.topLevelItem(i).data(0, Qt.UserRole)) for i in range(self.files.topLevelItemCount())]
         self.index_paths(paths, collection)

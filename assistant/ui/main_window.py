@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 from assistant import __version__
 from assistant.events import ContextTrimmed, Done
 from assistant.fileio import atomic_write_text
+from assistant.rag import ALL_COLLECTIONS
 from assistant.ui.chat_view import ChatView, MessageBubble
 from assistant.ui.documents import DocumentsPanel, start_index_thread
 from assistant.ui.tasks import TaskRunner
@@ -142,6 +143,7 @@ class MainWindow(QMainWindow):
         main_layout.setContentsMargins(4, 8, 8, 8)
         self.chat = ChatView()
         self.chat.editRequested.connect(self._start_edit)
+        self.chat.wholeRequested.connect(self.answer_from_whole)
         self.edit_banner = QLabel("")
         self.edit_banner.setVisible(False)
         self.input = InputBox()
@@ -371,6 +373,15 @@ class MainWindow(QMainWindow):
         self._set_busy(True)
         self._request("regenerate", (self.conversation_id,))
 
+    def answer_from_whole(self, path: str) -> None:
+        """Answer the last question again, giving the model the whole file instead of passages."""
+        if self.busy or self.conversation_id is None or not self.chat.bubbles:
+            return
+        while self.chat.bubbles and self.chat.bubbles[-1].role != "user":
+            self.chat.remove_from(self.chat.bubbles[-1])
+        self._set_busy(True)
+        self._request("whole", (self.conversation_id, path))
+
     def _start_edit(self, bubble: MessageBubble) -> None:
         if self.busy or bubble.message_id is None:
             return
@@ -440,7 +451,8 @@ class MainWindow(QMainWindow):
                     continue
                 bubble = self.chat.add(m.role, m.content, m.id)
                 if m.role == "assistant" and (m.meta.get("sources") or m.meta.get("dropped")):
-                    bubble.show_sources(m.meta.get("sources", []), m.meta.get("dropped", []))
+                    bubble.show_sources(m.meta.get("sources", []), m.meta.get("dropped", []),
+                                        m.meta.get("whole_document"))
                 if m.role == "assistant" and "completion_tokens" in m.meta:
                     bubble.set_meta(answer_meta(m.meta["completion_tokens"], m.meta.get("tokens_per_second", 0.0),
                                                 m.meta.get("finish_reason", "stop")))
@@ -587,8 +599,9 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("Drop documents to search them, or a .gguf model file to use it.", 4000)
 
     def _on_collection_chosen(self, collection: str) -> None:
+        where = "all your collections" if collection == ALL_COLLECTIONS else f"'{collection}'"
         self.input.setPlaceholderText(
-            f"Ask about the documents in '{collection}'. Enter sends." if collection
+            f"Ask about the documents in {where}. Enter sends." if collection
             else "Ask anything. Enter sends, Shift+Enter adds a line.")
 
     def closeEvent(self, event) -> None:

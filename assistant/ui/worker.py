@@ -75,9 +75,13 @@ class ModelWorker(QObject):
         if reload:
             self.load()
 
+    def _whole(self, conversation_id: int, path: str, **kwargs):
+        return self.assistant.regenerate(conversation_id, whole_document=path, **kwargs)
+
     @Slot(str, object, str)
     def run(self, kind: str, args: tuple, collection: str) -> None:
-        """kind: send (conversation_id, text) | regenerate (conversation_id,) | edit (conversation_id, message_id, text).
+        """kind: send (conversation_id, text) | regenerate (conversation_id,) | edit (conversation_id, message_id, text)
+        | whole (conversation_id, file): answer the last question again from the whole file.
 
         collection: the documents to answer from, or "" for none.
         """
@@ -87,7 +91,7 @@ class ModelWorker(QObject):
                 if self.assistant.engine is None:
                     return  # loadFailed has told the user why
             method = {"send": self.assistant.send, "regenerate": self.assistant.regenerate,
-                      "edit": self.assistant.edit_and_resend}[kind]
+                      "edit": self.assistant.edit_and_resend, "whole": self._whole}[kind]
             for event in method(*args, stop=self.stop_event, collection=collection or None):
                 if isinstance(event, Token):
                     self.token.emit(event.text)
