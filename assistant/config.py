@@ -67,6 +67,7 @@ class Settings:
     min_similarity: float = 0.25  # below this cosine, a passage is not about the question
     diversity: float = 0.3  # MMR: 0 ranks by score alone; COVID-QA hybrid recall@5 0.760 at 0, 0.764 at 0.3
     passage_neighbours: int = 1  # chunks either side of each passage given to the model, while they fit
+    watch_folders: bool = True  # re-walk added folders every 30 s while the app runs
 
     def validate(self) -> Settings:
         """Raise SettingsError naming the first value the app cannot use."""

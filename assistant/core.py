@@ -106,12 +106,41 @@ class Assistant:
             return self._embedder
 
     def index(self, paths: list[Path], collection: str = "default", progress=None,
-              cancel: threading.Event | None = None):
+              cancel: threading.Event | None = None, retry_failed: bool = True):
         """Index files and folders into a collection; returns an IndexReport."""
         from assistant.rag.indexer import index_paths
 
         return index_paths(self.documents, self.embedder, [Path(p) for p in paths], collection,
-                           progress=progress, cancel=cancel, pause=self.generating)
+                           progress=progress, cancel=cancel, pause=self.generating, retry_failed=retry_failed)
+
+    def reindex(self, collection: str, progress=None, cancel: threading.Event | None = None):
+        """Walk again everything added to the collection: new, changed and deleted files; returns an IndexReport."""
+        roots = self.documents.roots(collection)
+        if not roots:
+            raise AssistantError(f"Nothing has been added to {collection!r} yet: add files or folders first.")
+        return self.index([Path(p) for p in roots], collection, progress=progress, cancel=cancel)
+
+    def sync(self, progress=None, cancel: threading.Event | None = None) -> list[tuple[str, object]]:
+        """Bring every collection up to date with its files and folders (folder watching calls this); returns
+        (collection, IndexReport) for each collection where something changed. Unchanged files cost a stat()."""
+        changed = []
+        for info in self.documents.list_collections():
+            if cancel is not None and cancel.is_set():
+                break
+            roots = self.documents.roots(info.name)
+            if not roots:
+                continue
+            report = self.index([Path(p) for p in roots], info.name, progress=progress, cancel=cancel,
+                                retry_failed=False)
+            if report.files_indexed or report.files_removed or report.files_failed or report.chunks_removed:
+                changed.append((info.name, report))
+        return changed
+
+    def forget(self, collection: str, path: str | Path) -> int:
+        """Take a file or folder out of a collection (it stays out of folder walks); returns chunks removed."""
+        removed = self.documents.forget(collection, path)
+        self.documents.save()
+        return removed
 
     def collection_names(self, collection: str | Sequence[str]) -> list[str]:
         """The collections meant: one name, several, or "*" for every collection there is."""

@@ -303,3 +303,30 @@ def test_all_collections_together_and_answering_from_a_whole_file(qtbot, window:
                     and last_answer().sources_label.isVisible(), timeout=60_000)
     assert [s["text"] for s in last_answer().sources] == [log]
     assert last_answer().whole_document is None  # already the whole file: nothing more to offer
+
+
+def test_folder_watching_and_reindex_pick_up_new_and_removed_files(qtbot, window: MainWindow, tmp_path) -> None:
+    folder = tmp_path / "watched"
+    folder.mkdir()
+    (folder / "one.txt").write_text("The first note.")
+    panel = window.documents
+    assert panel.watch_timer.isActive() and panel.watch  # on by default
+    panel.index_paths([folder], "watched")
+    qtbot.waitUntil(lambda: not panel.busy and panel.files.topLevelItemCount() == 1, timeout=120_000)
+
+    (folder / "two.txt").write_text("The second note.")
+    panel.sync_now()  # what the timer does every 30 s
+    qtbot.waitUntil(lambda: not panel.syncing and panel.files.topLevelItemCount() == 2, timeout=60_000)
+    assert "Noticed changes" in panel.status.text() and "1 indexed" in panel.status.text()
+
+    (folder / "one.txt").unlink()
+    qtbot.mouseClick(panel.reindex_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: not panel.busy and panel.files.topLevelItemCount() == 1, timeout=60_000)
+    assert panel.files.topLevelItem(0).text(0) == "two.txt" and "1 removed" in panel.status.text()
+    # Removing the file in the panel keeps it out of the next walk.
+    panel.files.setCurrentItem(panel.files.topLevelItem(0))
+    qtbot.mouseClick(panel.remove_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: panel.files.topLevelItemCount() == 0, timeout=30_000)
+    panel.sync_now()
+    qtbot.waitUntil(lambda: not panel.syncing, timeout=60_000)
+    assert panel.files.topLevelItemCount() == 0

@@ -79,6 +79,19 @@ MIGRATIONS: list[str] = [
         INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text);
     END;
     """,
+    # 3: what the user added to each collection (re-index and folder watching walk these again), and
+    # what they removed from inside an added folder (the walk leaves it out instead of adding it back).
+    """
+    CREATE TABLE collection_paths (
+        collection_id INTEGER NOT NULL REFERENCES collections(id) ON DELETE CASCADE,
+        path TEXT NOT NULL,
+        excluded INTEGER NOT NULL DEFAULT 0,
+        added_at REAL NOT NULL,
+        PRIMARY KEY (collection_id, path)
+    );
+    INSERT OR IGNORE INTO collection_paths(collection_id, path, added_at)
+        SELECT collection_id, path, COALESCE(indexed_at, 0) FROM documents;
+    """,
 ]
 
 

@@ -130,15 +130,19 @@ def index_paths(
     cancel: threading.Event | None = None,
     batch_chunks: int = EMBED_QUEUE,
     pause: threading.Event | None = None,
+    retry_failed: bool = True,
 ) -> IndexReport:
     """Bring `collection` up to date with `paths` (files and folders); see the module docstring.
 
     `batch_chunks` chunks are embedded (and their finished files committed) at a time: larger is a
     little faster, smaller loses less to a crash and commits more often. While `pause` is set, work
     waits between batches (the app sets it while it writes an answer, so chat keeps its speed).
+    retry_failed=False leaves files that failed alone until their size or mtime changes (folder watching:
+    a damaged PDF is not re-read, and re-reported, every few seconds).
     """
     indexer = _Indexer(store, embedder, collection, progress, cancel, max(1, batch_chunks))
     indexer.pause = pause or threading.Event()
+    indexer.retry_failed = retry_failed
     return indexer.run([Path(p) for p in paths])
 
 
@@ -154,6 +158,8 @@ class _Indexer:
         self.progress = progress
         self.cancel = cancel or threading.Event()
         self.pause = threading.Event()
+        self.excluded: set[str] = set()
+        self.retry_failed = True
         self.report = IndexReport()
         self.queue: deque[tuple[_Job, int]] = deque()  # (job, chunk ordinal) waiting to be embedded
         self.ready: list[_Job] = []  # fully embedded, to be committed together
@@ -173,7 +179,11 @@ class _Indexer:
             try:
                 self.store.create_collection(self.collection)
                 self.report.chunks_repaired = self.store.repair(self.embedder, self.collection, self.cancel)
+                named = [os.path.abspath(os.path.expanduser(str(p))) for p in paths]
+                self.store.add_roots(self.collection, [p for p in named if os.path.lexists(p)])
+                self.excluded = set(self.store.exclusions(self.collection))
                 walk = self._walk(paths)
+                self.store.remove_roots(self.collection, walk.missing)  # deleted: nothing left to watch
                 self.report.files_ignored = walk.ignored
                 work = self._plan(walk)
                 self._process(work)
@@ -254,6 +264,8 @@ class _Indexer:
                 if entry.name.startswith("."):
                     walk.ignored += 1  # hidden: .git, .venv, .DS_Store...
                     continue
+                if entry.path in self.excluded:
+                    continue  # the user removed it from this folder
                 try:
                     st = entry.stat()  # follows symlinks
                     link = entry.is_symlink()
@@ -302,7 +314,7 @@ class _Indexer:
                 new.append(file.path)
                 work.append((file, None))
                 continue
-            settled = doc.status in ("indexed", "skipped")
+            settled = doc.status in ("indexed", "skipped") or (doc.status == "failed" and not self.retry_failed)
             if (settled and doc.size == file.size and doc.mtime == file.mtime
                     and doc.indexed_at is not None and file.mtime < doc.indexed_at - 1.0):
                 self.report.files_unchanged += 1

@@ -327,6 +327,65 @@ class DocumentStore:
             self._maybe_save()
             return len(removed)
 
+    # ---------------------------------------------------------------- what the user added
+
+    def add_roots(self, collection: str, paths: Iterable[str | Path]) -> None:
+        """Record files and folders the user added (and so no longer excluded)."""
+        cid = self.create_collection(collection)
+        now = time.time()
+        with self._transaction() as conn:
+            conn.executemany(
+                """INSERT INTO collection_paths(collection_id, path, excluded, added_at) VALUES (?, ?, 0, ?)
+                   ON CONFLICT (collection_id, path) DO UPDATE SET excluded = 0""",
+                [(cid, str(p), now) for p in paths])
+
+    def remove_roots(self, collection: str, paths: Iterable[str | Path]) -> None:
+        cid = self.collection_id(collection)
+        paths = [str(p) for p in paths]
+        if cid is None or not paths:
+            return
+        with self._transaction() as conn:
+            conn.executemany("DELETE FROM collection_paths WHERE collection_id = ? AND path = ? AND excluded = 0",
+                             [(cid, p) for p in paths])
+
+    def roots(self, collection: str) -> list[str]:
+        """The files and folders added to the collection, in the order they were added."""
+        return [r[0] for r in self._paths(collection, 0)]
+
+    def exclusions(self, collection: str) -> list[str]:
+        """Files and folders removed from inside an added folder: walks leave them out."""
+        return [r[0] for r in self._paths(collection, 1)]
+
+    def _paths(self, collection: str, excluded: int) -> list:
+        cid = self.collection_id(collection)
+        if cid is None:
+            return []
+        return self.db.connect().execute(
+            "SELECT path FROM collection_paths WHERE collection_id = ? AND excluded = ? ORDER BY added_at, path",
+            (cid, excluded)).fetchall()
+
+    def forget(self, collection: str, path: str | Path) -> int:
+        """Take a file or folder out of the collection for good: its chunks go, and if it lies inside an
+        added folder it is excluded from that folder's walks. Returns the number of chunks removed."""
+        path = str(path)
+        cid = self.collection_id(collection)
+        if cid is None:
+            return 0
+        self._take_writer_lock()
+        prefix = path.rstrip(os.sep) + os.sep
+        docs = [r[0] for r in self.db.connect().execute(
+            "SELECT path FROM documents WHERE collection_id = ? AND (path = ? OR substr(path, 1, ?) = ?)",
+            (cid, path, len(prefix), prefix))]
+        removed = self.remove_documents(collection, docs)
+        inside = any(path.startswith(root.rstrip(os.sep) + os.sep) for root in self.roots(collection))
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM collection_paths WHERE collection_id = ? AND (path = ? OR substr(path, 1, ?) = ?)",
+                         (cid, path, len(prefix), prefix))
+            if inside:
+                conn.execute("INSERT INTO collection_paths(collection_id, path, excluded, added_at) VALUES (?, ?, 1, ?)",
+                             (cid, path, time.time()))
+        return removed
+
     def mark(
         self, collection: str, path: str | Path, status: str, reason: str | None = None, *,
         content_hash: str | None = None, size: int | None = None, mtime: float | None = None,

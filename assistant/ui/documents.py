@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
+from PySide6.QtCore import QObject, Qt, QThread, QTimer, Signal, Slot
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
 from assistant.rag import ALL_COLLECTIONS
 
 NO_DOCUMENTS = "No documents"
+WATCH_INTERVAL_S = 30
 
 
 class IndexWorker(QObject):
@@ -34,6 +35,7 @@ class IndexWorker(QObject):
     finished = Signal(object)  # IndexReport
     failed = Signal(str)
     changed = Signal()  # the store changed: re-read lists
+    synced = Signal(object)  # [(collection, IndexReport)] where folder watching found changes
 
     def __init__(self) -> None:
         super().__init__()
@@ -50,11 +52,36 @@ class IndexWorker(QObject):
             self.finished.emit(report)
         self.changed.emit()
 
+    @Slot(str)
+    def reindex(self, collection: str) -> None:
+        try:
+            report = self.assistant.reindex(collection, progress=self.progress.emit, cancel=self.cancel)
+        except Exception as exc:
+            self.failed.emit(str(exc))
+        else:
+            self.finished.emit(report)
+        self.changed.emit()
+
+    @Slot()
+    def sync(self) -> None:
+        """Folder watching: re-walk every collection's files and folders; quiet unless something changed."""
+        def progress(p) -> None:
+            if p.files_total:  # work found: show it like any indexing
+                self.progress.emit(p)
+
+        try:
+            changed = self.assistant.sync(progress=progress, cancel=self.cancel)
+        except Exception as exc:
+            self.failed.emit(f"Watching folders: {exc}")
+            return
+        self.synced.emit(changed)
+        if changed:
+            self.changed.emit()
+
     @Slot(str, str)
     def remove(self, collection: str, path: str) -> None:
         try:
-            self.assistant.documents.remove_document(collection, path)
-            self.assistant.documents.save()
+            self.assistant.forget(collection, path)
         except Exception as exc:
             self.failed.emit(str(exc))
         self.changed.emit()
@@ -62,6 +89,8 @@ class IndexWorker(QObject):
 
 class DocumentsPanel(QWidget):
     indexRequested = Signal(object, str)
+    reindexRequested = Signal(str)
+    syncRequested = Signal()
     removeRequested = Signal(str, str)
     collectionChosen = Signal(str)  # "" means: answer without documents
 
@@ -119,6 +148,15 @@ class DocumentsPanel(QWidget):
         layout.addLayout(prow)
         layout.addWidget(self.status)
 
+        # Folder watching: a walk every WATCH_INTERVAL_S costs a stat() per file and finds what changed
+        # whatever the file system (network shares and removable disks give no change notifications).
+        self.watch = True
+        self.syncing = False
+        self.watch_timer = QTimer(self)
+        self.watch_timer.setInterval(WATCH_INTERVAL_S * 1000)
+        self.watch_timer.timeout.connect(self.sync_now)
+        self.watch_timer.start()
+
     # -- what the window calls ----------------------------------------------------------------
 
     def set_assistant(self, assistant) -> None:
@@ -134,6 +172,10 @@ class DocumentsPanel(QWidget):
         collection = collection or self.current_collection() or "default"
         if collection == ALL_COLLECTIONS:
             collection = "default"
+        self._start(collection)
+        self.indexRequested.emit(list(paths), collection)
+
+    def _start(self, collection: str) -> None:
         self.busy = True
         self._set_buttons()
         self.progress.setVisible(True)
@@ -141,10 +183,30 @@ class DocumentsPanel(QWidget):
         self.cancel_button.setVisible(True)
         self.status.setText(f"Indexing into '{collection}'… (the first time, the embedding model loads)")
         self.cancel_event.clear()  # here, not in the worker: a Cancel pressed early still counts
-        self.indexRequested.emit(list(paths), collection)
         self._indexing_into = collection
 
+    def sync_now(self) -> None:
+        """Look for changed files in every collection now (the timer calls this)."""
+        if self.assistant is None or self.busy or self.syncing or not self.watch:
+            return
+        self.syncing = True
+        self.syncRequested.emit()
+
+    def on_synced(self, changed) -> None:
+        self.syncing = False
+        if self.busy:
+            self._done()
+        if changed:
+            parts = [f"'{name}': {r.files_indexed} indexed, {r.files_removed} removed, {len(r.files_failed)} failed"
+                     for name, r in changed]
+            self.status.setText("Noticed changes in your folders. " + "; ".join(parts))
+
     def on_progress(self, p) -> None:
+        if not self.busy:  # folder watching found work: show it, with Cancel, like any indexing
+            self.busy = True
+            self._set_buttons()
+            self.progress.setVisible(True)
+            self.cancel_button.setVisible(True)
         if p.files_total:
             self.progress.setRange(0, p.files_total)
             self.progress.setValue(p.files_done)
@@ -165,6 +227,7 @@ class DocumentsPanel(QWidget):
             self.select(self._indexing_into)  # the user just added documents: answer from them
 
     def on_failed(self, message: str) -> None:
+        self.syncing = False
         self._done()
         self.status.setText(message)
 
@@ -251,10 +314,10 @@ class DocumentsPanel(QWidget):
 
     def _reindex(self) -> None:
         collection = self.current_collection()
-        if collection in ("", ALL_COLLECTIONS):
+        if collection in ("", ALL_COLLECTIONS) or self.busy or self.assistant is None:
             return
-        paths = [Path(self.files.topLevelItem(i).data(0, Qt.UserRole)) for i in range(self.files.topLevelItemCount())]
-        self.index_paths(paths, collection)
+        self._start(collection)
+        self.reindexRequested.emit(collection)
 
     def _cancel(self) -> None:
         self.cancel_event.set()

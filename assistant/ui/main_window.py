@@ -105,6 +105,9 @@ class MainWindow(QMainWindow):
         self.index_thread, self.indexer = start_index_thread(self)
         self.documents.indexRequested.connect(self.indexer.index)
         self.documents.removeRequested.connect(self.indexer.remove)
+        self.documents.reindexRequested.connect(self.indexer.reindex)
+        self.documents.syncRequested.connect(self.indexer.sync)
+        self.indexer.synced.connect(self.documents.on_synced)
         self.documents.cancel_event = self.indexer.cancel
         self.indexer.progress.connect(self.documents.on_progress)
         self.indexer.finished.connect(self.documents.on_finished)
@@ -227,6 +230,7 @@ class MainWindow(QMainWindow):
         self.assistant = assistant
         self.settings = assistant.settings
         self.indexer.assistant = assistant
+        self.documents.watch = assistant.settings.watch_folders
         self.documents.set_assistant(assistant)
         from assistant.ui.app import apply_theme
 
@@ -529,6 +533,7 @@ class MainWindow(QMainWindow):
         from assistant.ui.app import apply_theme
 
         self.settings = settings
+        self.documents.watch = settings.watch_folders
         if not self.busy:
             self.worker.load_cancel.clear()  # a cancel left from an earlier Stop must not abort this load
         dark = apply_theme(settings.theme)

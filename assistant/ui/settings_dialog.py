@@ -75,6 +75,27 @@ class SettingsDialog(QDialog):
         self.theme.setCurrentText(settings.theme)
         form.addRow("Theme", self.theme)
 
+        # Answers from documents.
+        self.top_k = _spin(1, 50, settings.top_k, "passages from your documents given to the model")
+        form.addRow("Passages per answer", self.top_k)
+        self.search_mode = QComboBox()
+        self.search_mode.addItems(["hybrid", "dense", "keyword"])
+        self.search_mode.setCurrentText(settings.search_mode)
+        self.search_mode.setToolTip("hybrid: words and meaning together (best on the benchmark); dense: meaning; keyword: words")
+        form.addRow("Document search", self.search_mode)
+        self.min_similarity = _dspin(-1.0, 1.0, settings.min_similarity, 0.05)
+        self.min_similarity.setToolTip("passages less similar to the question than this are left out")
+        form.addRow("Minimum similarity", self.min_similarity)
+        self.diversity = _dspin(0.0, 0.95, settings.diversity, 0.05)
+        self.diversity.setToolTip("0: best-scoring passages only; higher: passages that say different things")
+        form.addRow("Passage diversity", self.diversity)
+        self.passage_neighbours = _spin(0, 5, settings.passage_neighbours,
+                                        "chunks either side of each passage, while they fit the context")
+        form.addRow("Surrounding chunks", self.passage_neighbours)
+        self.watch_folders = QCheckBox("Watch added folders and re-index what changes")
+        self.watch_folders.setChecked(settings.watch_folders)
+        form.addRow("", self.watch_folders)
+
         self.error = QLabel("")
         self.error.setObjectName("settingsError")
         self.error.setStyleSheet("color: #c0392b;")
@@ -96,6 +117,9 @@ class SettingsDialog(QDialog):
             n_gpu_layers=self.n_gpu_layers.value(), n_ctx=self.n_ctx.value(), flash_attn=self.flash_attn.isChecked(),
             temperature=self.temperature.value(), top_p=self.top_p.value(), max_tokens=self.max_tokens.value(),
             system_prompt=self.system_prompt.toPlainText(), theme=self.theme.currentText(),
+            top_k=self.top_k.value(), search_mode=self.search_mode.currentText(),
+            min_similarity=self.min_similarity.value(), diversity=self.diversity.value(),
+            passage_neighbours=self.passage_neighbours.value(), watch_folders=self.watch_folders.isChecked(),
         )
         return values
 
