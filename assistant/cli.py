@@ -42,16 +42,21 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--model", help="a GGUF file to use instead of the one in Settings")
     ask.add_argument("--max-tokens", type=int)
     ask.add_argument("--temperature", type=float)
-    ask.add_argument("--collection", help="answer from the documents of this collection, with citations")
+    ask.add_argument("--collection", action="append",
+                     help="answer from the documents of this collection, with citations (repeat for several; * for all)")
 
     index = sub.add_parser("index", help="index files and folders for document search")
     index.add_argument("paths", nargs="+")
     index.add_argument("--collection", default="default")
     index.add_argument("--json", action="store_true", help="print a JSON summary")
 
+    reindex = sub.add_parser("reindex", help="walk again what was added to a collection (or all): new, changed, deleted files")
+    reindex.add_argument("--collection", help="default: every collection")
+    reindex.add_argument("--json", action="store_true", help="print a JSON summary per collection")
+
     search = sub.add_parser("search", help="search indexed documents")
     search.add_argument("query")
-    search.add_argument("--collection", default="default")
+    search.add_argument("--collection", action="append", help="default: 'default' (repeat for several; * for all)")
     search.add_argument("--k", type=int, default=10)
     search.add_argument("--mode", choices=["hybrid", "dense", "keyword"], default="hybrid")
     search.add_argument("--json", action="store_true")
@@ -114,7 +119,7 @@ def _ask(args: argparse.Namespace) -> int:
     result: dict = {}
     stop = threading.Event()
     with _ctrl_c_sets(stop):
-        events = list(_echo(assistant.ask(args.question, stop, args.collection), args.json))
+        events = list(_echo(assistant.ask(args.question, stop, _collections(args.collection)), args.json))
     sources = None
     for event in events:
         if isinstance(event, Sources):
@@ -178,9 +183,37 @@ def _index(args: argparse.Namespace) -> int:
     return 130 if stop.is_set() else 0
 
 
+def _collections(names: list[str] | None) -> str | list[str] | None:
+    """--collection as given: none, one name (or "*"), or several."""
+    if not names:
+        return None
+    return names[0] if len(names) == 1 else names
+
+
+def _reindex(args: argparse.Namespace) -> int:
+    assistant = _assistant(args)
+    names = [args.collection] if args.collection else [c.name for c in assistant.documents.list_collections()]
+    stop = threading.Event()
+    summaries = {}
+    with _ctrl_c_sets(stop):
+        for name in names:
+            if stop.is_set():
+                break
+            if not assistant.documents.roots(name) and not args.collection:
+                continue  # nothing was added to it: nothing to walk
+            summaries[name] = assistant.reindex(name, cancel=stop).as_dict()
+    if args.json:
+        print(json.dumps(summaries, ensure_ascii=False))
+    else:
+        for name, s in summaries.items():
+            print(f"{name}: {s['files_indexed']} files indexed, {s['files_removed']} removed, "
+                  f"{len(s['files_failed'])} failed in {s['seconds']:.1f} s")
+    return 130 if stop.is_set() else 0
+
+
 def _search(args: argparse.Namespace) -> int:
     assistant = _assistant(args)
-    hits = assistant.search(args.query, args.collection, args.k, args.mode)
+    hits = assistant.search(args.query, _collections(args.collection) or "default", args.k, args.mode)
     if args.json:
         print(json.dumps([{"file": h.file, "page": h.page, "score": round(h.score, 4), "text": h.text,
                            "chunk_id": h.chunk_id} for h in hits], ensure_ascii=False))
@@ -322,4 +355,4 @@ def _bench_argv(args: argparse.Namespace) -> list[str]:
 
 
 _COMMANDS = {"gui": _gui, "ask": _ask, "chat": _chat, "models": _models, "bench": _bench, "index": _index,
-             "search": _search}
+             "search": _search, "reindex": _reindex}

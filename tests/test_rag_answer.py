@@ -119,6 +119,15 @@ def test_cli_index_search_ask(isolated_home, docs) -> None:
     assert "Acme" in hits[0]["text"] and {"file", "page", "score", "text", "chunk_id"} <= hits[0].keys()
     answer = run("ask", "How much revenue did Acme make?", "--collection", "cli", "--json", "--temperature", "0")
     assert answer["sources"] and {"n", "file", "page", "text"} <= answer["sources"][0].keys()
+    (docs / "extra.txt").write_text("The Acme board meets every second Tuesday.\n")
+    (docs / "report.txt").unlink()
+    reindexed = run("reindex", "--json")
+    assert reindexed["cli"]["files_indexed"] == 1 and reindexed["cli"]["files_removed"] == 1
+    run("index", str(docs / "extra.txt"), "--collection", "other", "--json")
+    both = run("search", "Acme board", "--collection", "cli", "--collection", "other", "--json", "--k", "5")
+    assert {os.path.dirname(h["file"]) for h in both} == {str(docs)} and len({h["chunk_id"] for h in both}) >= 2
+    every = run("search", "Acme board", "--collection", "*", "--json", "--k", "5")
+    assert {h["chunk_id"] for h in every} >= {h["chunk_id"] for h in both}
 
 
 LOG = "\n\n".join(

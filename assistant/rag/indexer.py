@@ -84,6 +84,8 @@ class IndexReport:
             "files_failed": [{"path": path, "error": error} for path, error in self.files_failed],
             "chunks_added": self.chunks_added,
             "chunks_removed": self.chunks_removed,
+            "files_removed": self.files_removed,
+            "files_unchanged": self.files_unchanged,
             "seconds": round(self.seconds, 3),
         }
 
