@@ -109,7 +109,8 @@ def test_every_file_ends_indexed_skipped_or_failed_with_a_reason(
     assert report.chunks_added == sum(d.chunk_count for d in store.documents("default")) > 3
 
     data = report.as_dict()
-    assert list(data) == ["files_indexed", "files_skipped", "files_failed", "chunks_added", "chunks_removed", "seconds"]
+    assert list(data) == ["files_indexed", "files_skipped", "files_failed", "chunks_added", "chunks_removed", "seconds",
+                          "files_removed", "files_unchanged"]
     assert {"path": str(docs / "broken.pdf"), "error": failed["broken.pdf"]} in data["files_failed"]
 
     panel = {Path(d.path).name: (d.status, d.reason) for d in store.documents("default")}

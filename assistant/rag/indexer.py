@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import queue
 import sqlite3
 import stat as stat_mod
 import threading
@@ -48,6 +49,7 @@ ENCODE_BATCH = 64  # one forward pass; cancel is checked between them
 PROGRESS_EVERY_S = 0.1
 HASH_BLOCK = 1 << 20
 CHUNK_GROUP_CHARS = 1 << 20  # sections chunked per call; Cancel is checked between calls
+READ_AHEAD = 4  # files read and chunked ahead of the embedder
 
 
 @dataclass(frozen=True)
@@ -84,9 +86,10 @@ class IndexReport:
             "files_failed": [{"path": path, "error": error} for path, error in self.files_failed],
             "chunks_added": self.chunks_added,
             "chunks_removed": self.chunks_removed,
+            "seconds": round(self.seconds, 3),
+            # Beyond the issue's summary: what re-index and folder watching report.
             "files_removed": self.files_removed,
             "files_unchanged": self.files_unchanged,
-            "seconds": round(self.seconds, 3),
         }
 
 
@@ -362,60 +365,113 @@ class _Indexer:
     # ------------------------------------------------------------------ work
 
     def _process(self, work: list[tuple[_File, str | None]]) -> None:
+        """Embed and commit while a reader thread hashes, loads and chunks the next files.
+
+        Reading a PDF is pure Python; the embedder spends its time in torch kernels that let go of the GIL,
+        so the two overlap (measured on 800 R-manual chunks, 2 cores: 37.6 s one after the other, 32.8 s
+        together). At most READ_AHEAD files wait, read, for the embedder: memory stays bounded.
+        """
+        self.started = time.monotonic()
+        outcomes: queue.Queue = queue.Queue(maxsize=READ_AHEAD)
+        stop_reader = threading.Event()
+
+        def read() -> None:
+            try:
+                for file, stored_hash in work:
+                    if stop_reader.is_set():
+                        return
+                    outcome = self._read(file, stored_hash)
+                    while not stop_reader.is_set():
+                        try:
+                            outcomes.put(outcome, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+            except _Cancelled:
+                pass
+            except BaseException as exc:  # reported by the consumer, which owns the report
+                outcomes.put(("crash", None, exc))
+                return
+            outcomes.put(None)
+
+        reader = threading.Thread(target=read, name="index-reader", daemon=True)
+        reader.start()
+        try:
+            while True:
+                outcome = self._next_read(outcomes)
+                if outcome is None:
+                    break
+                kind, file, payload = outcome
+                if kind == "crash":
+                    raise payload
+                self.current = file.path
+                self._emit()
+                if kind == "touch":
+                    # Same content, new mtime (touched, copied back): nothing to embed. Recorded in batches.
+                    self.touched.append((file.path, file.size, file.mtime))
+                    self.report.files_unchanged += 1
+                    self._file_done(file)
+                elif kind == "fail":
+                    self._fail(file, payload)
+                elif kind == "skip":
+                    self._skip(file, *payload)
+                else:
+                    if payload.note:
+                        self.report.warnings.append((file.path, payload.note))
+                    self._enqueue(payload)
+                    while len(self.queue) >= self.batch_chunks:
+                        self._embed(self.batch_chunks)
+            while self.queue:
+                self._embed(self.batch_chunks)
+            self._commit()
+        finally:
+            stop_reader.set()
+            while reader.is_alive():  # let a reader blocked on a full queue see the stop
+                try:
+                    outcomes.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+            reader.join()
+
+    def _next_read(self, outcomes: queue.Queue):
+        """The reader's next outcome. While it is busy (a large file), embed and commit what is queued."""
+        while True:
+            self._check_cancel()
+            try:
+                return outcomes.get(timeout=0.05 if self.queue else 0.2)
+            except queue.Empty:
+                if self.queue:
+                    self._embed(min(len(self.queue), ENCODE_BATCH))
+
+    def _read(self, file: _File, stored_hash: str | None) -> tuple[str, _File, object]:
+        """Hash, load and chunk one file (on the reader thread): ("touch" | "fail" | "skip" | "job", file, payload)."""
         from assistant.rag.chunker import chunk_document
         from assistant.rag.loaders import SkippedFile, load_document
 
-        self.started = time.monotonic()
-        for file, stored_hash in work:
-            self._check_cancel()
-            self.current = file.path
-            self._emit()
-            try:
-                content_hash = _sha256(file.path)
-            except OSError as exc:
-                self._fail(file, f"could not be read: {exc.strerror or exc}")
-                continue
-            if stored_hash is not None and content_hash == stored_hash:
-                # Same content, new mtime (touched, copied back): nothing to embed. Recorded in batches.
-                self.touched.append((file.path, file.size, file.mtime))
-                self.report.files_unchanged += 1
-                self._file_done(file)
-                continue
-            if file.size >= CHUNK_GROUP_CHARS:
-                # Reading and cutting a large file takes a while: finish (and commit) the files already
-                # queued first, so a crash or Cancel meanwhile does not lose them.
-                while self.queue:
-                    self._embed(self.batch_chunks)
-            try:
-                doc = load_document(Path(file.path))
-                chunks = self._chunk(doc, chunk_document)
-            except _Cancelled:
-                raise
-            except SkippedFile as exc:
-                self._skip(file, str(exc), content_hash)
-                continue
-            except AssistantError as exc:  # LoadFailed and anything else meant for the user
-                self._fail(file, str(exc))
-                continue
-            except MemoryError:
-                self._fail(file, "too large to read into memory")
-                continue
-            except Exception as exc:  # a loader bug on one file must not stop the others
-                self._fail(file, f"could not be read ({type(exc).__name__}: {exc})")
-                continue
-            if not chunks:
-                self._skip(file, "no text to index", content_hash)
-                continue
-            note = "; ".join(getattr(doc, "warnings", ())) or None
-            if note:
-                self.report.warnings.append((file.path, note))
-            self._enqueue(_Job(file, content_hash, doc.pages, chunks, self._vector_buffer(len(chunks)), len(chunks), note))
-            del doc, chunks  # the job holds what is needed; the loaded text can go
-            while len(self.queue) >= self.batch_chunks:
-                self._embed(self.batch_chunks)
-        while self.queue:
-            self._embed(self.batch_chunks)
-        self._commit()
+        self._check_cancel()
+        try:
+            content_hash = _sha256(file.path)
+        except OSError as exc:
+            return "fail", file, f"could not be read: {exc.strerror or exc}"
+        if stored_hash is not None and content_hash == stored_hash:
+            return "touch", file, None
+        try:
+            doc = load_document(Path(file.path))
+            chunks = self._chunk(doc, chunk_document)
+        except _Cancelled:
+            raise
+        except SkippedFile as exc:
+            return "skip", file, (str(exc), content_hash)
+        except AssistantError as exc:  # LoadFailed and anything else meant for the user
+            return "fail", file, str(exc)
+        except MemoryError:
+            return "fail", file, "too large to read into memory"
+        except Exception as exc:  # a loader bug on one file must not stop the others
+            return "fail", file, f"could not be read ({type(exc).__name__}: {exc})"
+        if not chunks:
+            return "skip", file, ("no text to index", content_hash)
+        note = "; ".join(getattr(doc, "warnings", ())) or None
+        return "job", file, _Job(file, content_hash, doc.pages, chunks, self._vector_buffer(len(chunks)), len(chunks), note)
 
     def _chunk(self, doc: LoadedDocument, chunk_document: Callable) -> list:
         """The document's chunks, cut a megabyte of sections at a time (chunks never cross a section, so
