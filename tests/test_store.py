@@ -392,3 +392,49 @@ def test_neighbouring_chunks_join_without_repeating_their_overlap(store: Documen
     hit = search(store, embedder, "Gamma five six", "default", k=1, mode="keyword")[0]
     assert hit.text == text[15:47]
     assert expand(store, [hit], 1) == [text] and expand(store, [hit], 0) == [hit.text]
+
+
+def test_a_large_collection_is_searched_through_hnsw_kept_in_step(
+        store: DocumentStore, embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past HNSW_MIN_VECTORS (lowered here) an HNSW graph is built in the background and used; chunks added
+    later are in it, removed ones never come back from it, and many removals have it rebuilt."""
+    import time
+
+    import assistant.rag.store as store_module
+
+    monkeypatch.setattr(store_module, "HNSW_MIN_VECTORS", 60)
+    store.repair(embedder)
+    rng = np.random.default_rng(1)
+
+    def add_random(path: str, n: int) -> np.ndarray:
+        vectors = rng.normal(size=(n, embedder.dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        store.add_document_chunks("default", path, f"h{path}", 1, 1.0, None,
+                                  chunks_of([f"{path} chunk {i}" for i in range(n)]), vectors)
+        return vectors
+
+    first = add_random("/a.txt", 40)
+    add_random("/b.txt", 40)
+    query = first[3]
+    exact = store.dense_search(query, "default", 10)  # starts the build; this answer is exact search's
+    vec = store._vectors[store.collection_id("default")]
+    deadline = time.monotonic() + 60
+    while vec.hnsw is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert vec.hnsw is not None and vec.hnsw.ntotal == 80
+    through_graph = store.dense_search(query, "default", 10)
+    assert [i for i, _ in through_graph] == [i for i, _ in exact]  # a small graph: the same answer
+    assert np.allclose([s for _, s in through_graph], [s for _, s in exact], atol=1e-5)
+
+    third = add_random("/c.txt", 5)
+    assert vec.hnsw.ntotal == 85  # added to the graph as well
+    top = store.dense_search(third[0], "default", 1)[0]
+    assert store.chunks([top[0]])[0].file == "/c.txt" and top[1] == pytest.approx(1.0, abs=1e-5)
+
+    store.remove_document("default", "/c.txt")
+    assert all(store.chunks([i])[0].file != "/c.txt" for i, _ in store.dense_search(third[0], "default", 10))
+    assert vec.hnsw is not None and len(vec.hnsw_stale) == 5  # filtered, not yet rebuilt
+    store.remove_document("default", "/b.txt")  # 45 of 85 gone: past HNSW_STALE_MAX, the graph goes
+    hits = store.dense_search(query, "default", 5)
+    assert vec.hnsw is None and all(store.chunks([i])[0].file == "/a.txt" for i, _ in hits)
+    assert hits[0][1] == pytest.approx(1.0, abs=1e-5)

@@ -58,6 +58,14 @@ MAX_QUERY_TERMS = 64
 # commonest words are dropped from the query (see keyword_search).
 MATCH_BUDGET = 10_000
 FTS_FETCH_MAX = 5_000  # FTS-only ranking, then a collection filter, up to this many rows; else a join
+# Exact search costs ~0.076 us per vector per query here (7.6 ms at 100k, bench/rag.py), HNSW 0.2 ms
+# with recall@100 0.98 against exact. Past this size exact search would take 15 ms of the 50 ms a query
+# may take, so an HNSW graph is built (in the background: ~1 min per 100k vectors on 2 cores) and used.
+HNSW_MIN_VECTORS = 200_000
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 40
+HNSW_EF_SEARCH = 128
+HNSW_STALE_MAX = 0.1  # rebuilt once this share of its vectors has been removed
 _SQL_BATCH = 500  # ids per IN (...) clause, well under SQLite's variable limit
 _UNSAFE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 
@@ -133,6 +141,11 @@ class _Vectors:
     removals: list[int] = field(default_factory=list)  # removed in SQLite, not yet from FAISS (batched)
     dirty: bool = False
     file_stamp: tuple[int, int] | None = None  # (mtime_ns, size) of the file it was read from
+    # Past HNSW_MIN_VECTORS, searches go to an HNSW graph built from the flat index in the background.
+    hnsw: Any | None = None
+    hnsw_building: bool = False
+    hnsw_stale: set[int] = field(default_factory=set)  # removed since the graph was built: filtered out
+    hnsw_pending: list[int] = field(default_factory=list)  # added while it was being built
 
 
 def fts_query(text: str) -> str | None:
@@ -457,8 +470,16 @@ class DocumentStore:
                 if query.shape[1] != vec.index.d:
                     raise AssistantError("The document index was built with another embedding model. "
                                          "Index the documents again to search them.")
-                scores, ids = vec.index.search(query, min(k, vec.index.ntotal))
-            found += [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+                hnsw = self._hnsw(cid, vec)
+                if hnsw is not None:
+                    # faiss searches with max(efSearch, k), so asking for more keeps the recall.
+                    scores, ids = hnsw.search(query, min(k + len(vec.hnsw_stale), hnsw.ntotal))
+                    stale = vec.hnsw_stale
+                else:
+                    scores, ids = vec.index.search(query, min(k, vec.index.ntotal))
+                    stale = set()
+            found += [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True)
+                      if i >= 0 and int(i) not in stale][:k]
         return sorted(found, key=lambda item: -item[1])[:k]
 
     def vectors(self, ids: Sequence[int], collection: Names) -> np.ndarray:
@@ -899,6 +920,47 @@ class DocumentStore:
             raise AssistantError("These vectors come from another embedding model than the collection's index.")
         vec.index.add_with_ids(vectors, ids)
         vec.dirty = True
+        if vec.hnsw is not None:
+            vec.hnsw.add_with_ids(vectors, ids)
+        elif vec.hnsw_building:
+            vec.hnsw_pending.extend(int(i) for i in ids)
+
+    def _hnsw(self, cid: int, vec: _Vectors) -> Any | None:
+        """The collection's HNSW graph when it is large enough and built; starts the build if needed."""
+        if vec.index is None or vec.index.ntotal < HNSW_MIN_VECTORS:
+            vec.hnsw = None
+            return None
+        if vec.hnsw is None and not vec.hnsw_building:
+            vec.hnsw_building = True
+            threading.Thread(target=self._build_hnsw, args=(cid, vec), name="hnsw-build", daemon=True).start()
+        return vec.hnsw
+
+    def _build_hnsw(self, cid: int, vec: _Vectors) -> None:
+        import faiss
+        import numpy as np
+
+        try:
+            with self._lock:
+                self._flush_removals(vec)
+                ids = self._faiss_ids(vec.index).copy()
+                vectors = vec.index.index.reconstruct_n(0, vec.index.ntotal)  # a copy: the flat index moves on
+                vec.hnsw_stale, vec.hnsw_pending = set(), []
+            graph = faiss.IndexHNSWFlat(vectors.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
+            graph.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+            graph.hnsw.efSearch = HNSW_EF_SEARCH
+            hnsw = faiss.IndexIDMap(graph)
+            hnsw.add_with_ids(vectors, ids)  # the slow part, outside the lock: searches go to the flat index
+            del vectors
+            with self._lock:
+                if self._vectors.get(cid) is not vec:
+                    return  # the collection was reloaded or deleted meanwhile
+                pending = [i for i in vec.hnsw_pending if i not in vec.hnsw_stale]
+                if pending:
+                    hnsw.add_with_ids(vec.index.reconstruct_batch(np.asarray(pending, dtype=np.int64)),
+                                      np.asarray(pending, dtype=np.int64))
+                vec.hnsw, vec.hnsw_pending = hnsw, []
+        finally:
+            vec.hnsw_building = False
 
     @staticmethod
     def _queue_removals(vec: _Vectors, ids: list[int]) -> None:
@@ -915,6 +977,10 @@ class DocumentStore:
             import numpy as np
 
             vec.index.remove_ids(np.asarray(vec.removals, dtype=np.int64))
+            if vec.hnsw is not None or vec.hnsw_building:
+                vec.hnsw_stale.update(vec.removals)  # an HNSW graph cannot remove: its searches skip them
+                if vec.hnsw is not None and len(vec.hnsw_stale) > HNSW_STALE_MAX * vec.hnsw.ntotal:
+                    vec.hnsw, vec.hnsw_stale = None, set()  # rebuilt at the next search
         vec.removals.clear()
 
     def _maybe_save(self) -> None:
