@@ -42,9 +42,10 @@ if TYPE_CHECKING:
     from assistant.rag.loaders import LoadedDocument
     from assistant.rag.store import DocumentStore, NewDocument
 
-# Chunks gathered before embedding. Sorted by length, 256 chunks pad little more than one encode call over
-# everything, yet files are committed (and shown as done) every few seconds even with 256-token chunks.
-EMBED_QUEUE = 256
+# Chunks gathered before embedding, sorted by length so each forward pass pads little. Measured on four R
+# manuals (1,488 chunks, 2 cores) against one bare encode of them all: 256 -> 0.81 of its speed, 512 -> 0.85,
+# 1024 -> 0.89, 2048 -> 0.88. Finished files are committed once per queue: about every 30 s here.
+EMBED_QUEUE = 1024
 ENCODE_BATCH = 64  # one forward pass; cancel is checked between them
 PROGRESS_EVERY_S = 0.1
 HASH_BLOCK = 1 << 20
