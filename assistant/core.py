@@ -40,6 +40,7 @@ class Assistant:
         self.engine: Engine | None = None
         self._documents = None  # DocumentStore, opened on first use
         self._embedder = None  # Embedder: loads torch, so only when documents are used
+        self._transcriber = None  # Transcriber: Whisper, loaded on the first spoken question
         self._rag_lock = threading.Lock()
         # Set while an answer is being written: indexing waits between batches, because on a
         # small machine the embedder and llama.cpp fighting for the same cores slows both a lot.
@@ -82,6 +83,25 @@ class Assistant:
         if reload:
             self.unload_model()
         return reload
+
+    # -- speech -------------------------------------------------------------------------
+
+    @property
+    def transcriber(self):
+        """Whisper as the settings choose it; made again when the speech settings change."""
+        s = self.settings
+        wanted = (s.speech_model, s.speech_language, s.n_threads)
+        with self._rag_lock:
+            t = self._transcriber
+            if t is None or (t.model_name, t.language, t.threads_setting) != wanted:
+                from assistant.speech.transcriber import Transcriber
+
+                self._transcriber = Transcriber(s.speech_model, self.home, s.n_threads, s.speech_language)
+            return self._transcriber
+
+    def transcribe_file(self, path: str | Path, progress=None, cancel: threading.Event | None = None):
+        """Transcribe an audio file (any length) with the speech settings; returns a Transcript."""
+        return self.transcriber.transcribe_file(path, progress, cancel)
 
     # -- documents ----------------------------------------------------------------------
 

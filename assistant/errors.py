@@ -27,3 +27,7 @@ class DownloadError(AssistantError):
 
 class NotFoundError(AssistantError):
     """A conversation or message that was asked for does not exist."""
+
+
+class AudioError(AssistantError):
+    """An audio file or recording is missing, empty, damaged or not audio at all."""

