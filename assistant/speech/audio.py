@@ -99,8 +99,10 @@ def _open(path: Path):
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
         raise AudioError(f"{path.name} is not an audio file this app can read ({_reason(exc)}).") from None
     if not container.streams.audio:
+        other = [f"{st.type} ({st.codec_context.name})" for st in container.streams if st.codec_context is not None]
         container.close()
-        raise AudioError(f"{path.name} has no audio in it.")
+        held = f": it holds {', '.join(other)}" if other else ""
+        raise AudioError(f"{path.name} is not an audio file, there is no sound in it{held}.")
     return container
 
 
