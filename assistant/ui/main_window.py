@@ -131,6 +131,7 @@ class MainWindow(QMainWindow):
 
         # Voice: the recorder on this thread (Qt delivers audio through the event loop), Whisper on its own.
         self.recorder = Recorder(self)
+        self.recorder.live.connect(self._on_live)
         self.recorder.level.connect(self._on_level)
         self.recorder.elapsed.connect(self._on_recording_elapsed)
         self.recorder.recorded.connect(self._on_recorded)
@@ -700,8 +701,7 @@ class MainWindow(QMainWindow):
         self.warmRequested.emit()  # Whisper loads while the user speaks, if it has not yet
         self.voice_level.setValue(0)
         self.voice_level.setVisible(True)
-        self.voice_label.setText(f"Recording from {self.recorder.device.description()}: 0:00. "
-                                 "Let go to send, Esc cancels.")
+        self.voice_label.setText(f"Opening {self.recorder.device.description()}… speak when the meter moves.")
         self.voice_bar.setVisible(True)
         self.talk_button.setText("Recording…")
 
@@ -736,10 +736,15 @@ class MainWindow(QMainWindow):
         self.voice_bar.setVisible(True)
         self.transcribeFileRequested.emit(str(path))
 
+    def _on_live(self) -> None:
+        self._on_recording_elapsed(0.0)
+
     def _on_level(self, level: float) -> None:
         self.voice_level.setValue(int(level * 100))
 
     def _on_recording_elapsed(self, seconds: float) -> None:
+        if not self.recorder.is_live:
+            return  # still "Opening…"
         name = self.recorder.device.description() if self.recorder.device is not None else "the microphone"
         self.voice_label.setText(f"Recording from {name}: {clock(seconds)}. Let go to send, Esc cancels.")
 

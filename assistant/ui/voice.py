@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 MIN_RECORDING_S = 0.3  # shorter than this is a slip of the finger, not a question
 MAX_RECORDING_S = 300.0  # a held button longer than this is stuck: stop and transcribe what is there
 LEVEL_FLOOR_DB = -60.0  # the level meter shows -60..0 dBFS
+# A working microphone sends samples all the time, silence included. None for this long means it is gone:
+# neither PulseAudio nor Qt reports an unplugged or dead device to a recording in progress, they just stop.
+STALL_S = 2.0
+FIRST_SOUND_S = 6.0  # opening a stream can take a second or two the first time (PulseAudio, measured 0.1-1.9 s)
 
 
 def input_devices() -> list[QAudioDevice]:
@@ -50,6 +54,7 @@ def find_device(description: str) -> tuple[QAudioDevice | None, str]:
 class Recorder(QObject):
     """Hold-to-talk recording. start() then stop() (keep) or cancel() (discard)."""
 
+    live = Signal()  # the first sound has arrived: the user can speak now
     level = Signal(float)  # 0..1, a few times a second
     elapsed = Signal(float)  # seconds recorded so far
     recorded = Signal(object)  # float32 samples at 16 kHz, after stop()
@@ -64,6 +69,7 @@ class Recorder(QObject):
         self._io = None
         self._format: QAudioFormat | None = None
         self._chunks: list[bytes] = []
+        self._last_data_ms = 0
         self._clock = QElapsedTimer()
         self._tick = QTimer(self)
         self._tick.setInterval(100)
@@ -74,6 +80,11 @@ class Recorder(QObject):
     @property
     def recording(self) -> bool:
         return self.source is not None
+
+    @property
+    def is_live(self) -> bool:
+        """Sound is arriving (the first moment after start() can be silent while the stream opens)."""
+        return bool(self._chunks)
 
     def start(self, description: str = "") -> bool:
         """Start recording from the named device (or the default); False, with failed emitted, when it cannot."""
@@ -100,6 +111,7 @@ class Recorder(QObject):
             return False
         self.source, self.device, self._io, self._format = source, device, io, fmt
         self._chunks = []
+        self._last_data_ms = 0
         io.readyRead.connect(self._read)
         self._clock.start()
         self._tick.start()
@@ -136,6 +148,9 @@ class Recorder(QObject):
         data = bytes(self._io.readAll())
         if not data:
             return
+        if not self._chunks:
+            self.live.emit()
+        self._last_data_ms = self._clock.elapsed()
         self._chunks.append(data)
         if self._format.sampleFormat() == QAudioFormat.SampleFormat.Int16:
             samples = np.frombuffer(data[: len(data) // 2 * 2], dtype=np.int16).astype(np.float32)
@@ -153,6 +168,12 @@ class Recorder(QObject):
             self.failed.emit(_open_error(device, error))
             return
         seconds = self._clock.elapsed() / 1000
+        if not self._chunks and seconds > FIRST_SOUND_S:
+            self._lost(f"sent no sound for {FIRST_SOUND_S:.0f} seconds after it was opened")
+            return
+        if self._chunks and seconds - self._last_data_ms / 1000 > STALL_S:
+            self._lost(f"stopped sending sound for {STALL_S:.0f} seconds")
+            return
         self.elapsed.emit(seconds)
         if seconds >= MAX_RECORDING_S:
             self.notice.emit(f"Recording stopped after {MAX_RECORDING_S / 60:.0f} minutes.")
@@ -162,10 +183,14 @@ class Recorder(QObject):
         if self.source is None or self.device is None:
             return
         if all(d.id() != self.device.id() for d in input_devices()):
-            name = self.device.description()
-            self._finish()
-            self.failed.emit(f"The microphone “{name}” was disconnected while recording, so the recording was "
-                             "dropped. Connect it again, or choose another in Settings.")
+            self._lost("was disconnected")
+
+    def _lost(self, what: str) -> None:
+        name = self.device.description() if self.device is not None else "in use"
+        self._finish()
+        self.failed.emit(f"The microphone “{name}” {what} while recording (unplugged, or switched off?), so the "
+                         "recording was dropped. Connect it again or choose another in Settings, then hold the "
+                         "button again.")
 
 
 def microphone_allowed(tell) -> bool:
