@@ -38,7 +38,7 @@ def test_window_opens_without_loading_heavy_libraries(isolated_home) -> None:
         "app = QApplication([])\n"
         "from assistant.ui.main_window import MainWindow\n"
         "w = MainWindow(); w.show(); app.processEvents()\n"
-        "heavy = [m for m in ('llama_cpp', 'torch', 'faiss', 'whisper') if m in sys.modules]\n"
+        "heavy = [m for m in ('llama_cpp', 'torch', 'faiss', 'faster_whisper', 'ctranslate2', 'av') if m in sys.modules]\n"
         "print(heavy, w.isVisible())\n"
         "w.close()\n"
     )
