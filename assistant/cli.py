@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     transcribe.add_argument("--json", action="store_true", help="print one JSON object")
     transcribe.add_argument("--timestamps", action="store_true", help="one line per segment, with its time")
 
+    sandbox = sub.add_parser("sandbox", help="run Python in the sandbox the agent uses")
+    ssub = sandbox.add_subparsers(dest="sandbox_command", required=True)
+    srun = ssub.add_parser("run", help="run a .py file exactly as the agent would")
+    srun.add_argument("file")
+    srun.add_argument("--json", action="store_true", help="print one JSON object")
+
     index = sub.add_parser("index", help="index files and folders for document search")
     index.add_argument("paths", nargs="+")
     index.add_argument("--collection", default="default")
@@ -241,6 +247,30 @@ def _transcribe(args: argparse.Namespace) -> int:
     return 130 if transcript.cancelled else 0
 
 
+def _sandbox(args: argparse.Namespace) -> int:
+    from assistant.agent.sandbox import run_python
+    from assistant.errors import NotFoundError
+
+    path = Path(args.file).expanduser()
+    try:
+        code = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise NotFoundError(f"{path} does not exist.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise NotFoundError(f"{path} could not be read: {getattr(exc, 'strerror', None) or exc}.") from None
+    stop = threading.Event()
+    with _ctrl_c_sets(stop):
+        result = run_python(code, cancel=stop)
+    if args.json:
+        print(json.dumps(result.as_dict(), ensure_ascii=False))
+    else:
+        sys.stdout.write(result.stdout)
+        sys.stderr.write(result.stderr)
+        ending = f"killed: {result.limit_hit} limit" if result.limit_hit else f"exit code {result.exit_code}"
+        print(f"[{ending}, {result.seconds:.2f} s, isolation: {result.isolation}]", file=sys.stderr)
+    return 0  # the sandbox worked, whatever the program did
+
+
 def _collections(names: list[str] | None) -> str | list[str] | None:
     """--collection as given: none, one name (or "*"), or several."""
     if not names:
@@ -416,4 +446,4 @@ def _bench_argv(args: argparse.Namespace) -> list[str]:
 
 
 _COMMANDS = {"gui": _gui, "ask": _ask, "chat": _chat, "models": _models, "bench": _bench, "index": _index,
-             "search": _search, "reindex": _reindex, "transcribe": _transcribe}
+             "search": _search, "reindex": _reindex, "transcribe": _transcribe, "sandbox": _sandbox}

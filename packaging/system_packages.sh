@@ -7,8 +7,8 @@ command -v dpkg-query >/dev/null 2>&1 || exit 0  # not Debian-like: nothing we k
 needed="libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-xkb1 libxcb-cursor0
 libxkbcommon-x11-0 libegl1 libgl1 libfontconfig1 libdbus-1-3 fonts-dejavu-core"
 # r-doc-pdf: real PDFs (the R manuals) for the document tests; pulseaudio: a virtual microphone for the
-# voice tests; espeak-ng: spoken questions for them.
-optional="libpulse0 xvfb r-doc-pdf pulseaudio pulseaudio-utils espeak-ng"
+# voice tests; espeak-ng: spoken questions for them; bubblewrap: the Python sandbox's OS boundary.
+optional="libpulse0 xvfb r-doc-pdf pulseaudio pulseaudio-utils espeak-ng bubblewrap"
 command -v c++ >/dev/null 2>&1 || needed="$needed g++"
 command -v make >/dev/null 2>&1 || needed="$needed make"
 

@@ -1,0 +1,1 @@
+"""Tools for the model: the Python sandbox (sandbox.py); the ReAct agent builds on it."""
