@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     ask = sub.add_parser("ask", help="ask one question and print the answer")
     ask.add_argument("question", nargs="?")
     ask.add_argument("--audio", help="a recording of the question: transcribed, then answered")
+    mode = ask.add_mutually_exclusive_group()
+    mode.add_argument("--agent", action="store_true", help="answer with tools (Python sandbox, documents, past chats)")
+    mode.add_argument("--pal", action="store_true", help="answer by writing a program the sandbox runs (arithmetic, logic)")
     ask.add_argument("--json", action="store_true", help="print one JSON object")
     ask.add_argument("--model", help="a GGUF file to use instead of the one in Settings")
     ask.add_argument("--max-tokens", type=int)
@@ -127,7 +130,7 @@ def _gui(args: argparse.Namespace) -> int:
 
 
 def _ask(args: argparse.Namespace) -> int:
-    from assistant.events import Done, Error, Sources
+    from assistant.events import AgentStep, Done, Error, Sources
 
     if bool(args.question) == bool(args.audio):
         print("assistant: give a question, or --audio FILE with a recording of one (not both).", file=sys.stderr)
@@ -150,10 +153,18 @@ def _ask(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"Heard: {question}", file=sys.stderr)
     with _ctrl_c_sets(stop):
-        events = list(_echo(assistant.ask(question, stop, _collections(args.collection)), args.json))
+        if args.agent or args.pal:
+            run = assistant.agent(question, stop, _collections(args.collection), pal=args.pal)
+        else:
+            run = assistant.ask(question, stop, _collections(args.collection))
+        events = list(_echo(run, args.json))
     sources = None
+    steps = []
     for event in events:
-        if isinstance(event, Sources):
+        if isinstance(event, AgentStep):
+            steps.append({"thought": event.thought, "tool": event.tool, "input": event.input,
+                          "observation": event.observation, "refused": event.refused})
+        elif isinstance(event, Sources):
             sources = event
         elif isinstance(event, Error):
             print(f"assistant: {event.message}", file=sys.stderr)
@@ -176,6 +187,8 @@ def _ask(args: argparse.Namespace) -> int:
                                      for s in sources.sources]
             if transcript is not None:
                 result["transcript"] = transcript.as_dict()
+            if args.agent or args.pal:
+                result["steps"] = steps
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
     else:
@@ -314,11 +327,14 @@ def _search(args: argparse.Namespace) -> int:
 
 def _echo(events, quiet: bool):
     """Print tokens as they stream (unless quiet) and pass every event on."""
-    from assistant.events import ContextTrimmed, Token
+    from assistant.events import AgentStep, ContextTrimmed, Token
 
     for event in events:
         if not quiet and isinstance(event, Token):
             print(event.text, end="", flush=True)
+        elif not quiet and isinstance(event, AgentStep):
+            shown = event.input.get("code") if set(event.input) == {"code"} else json.dumps(event.input, ensure_ascii=False)
+            print(f"[{event.thought}]\n[{event.tool}] {shown}\n[observation] {event.observation}", file=sys.stderr)
         elif not quiet and isinstance(event, ContextTrimmed):
             print(f"[{event.dropped_messages} older messages left out to fit the context]", file=sys.stderr)
         yield event

@@ -73,6 +73,10 @@ class Settings:
     microphone: str = ""  # the input device's description; "" is the system's default
     voice_auto_send: bool = True  # a spoken question is sent as soon as it is transcribed
     index_transcripts: bool = False  # a dropped audio file's transcript also goes into the chosen collection
+    tools_disabled: str = ""  # comma-separated tool names the agent may not use (python, search_documents...)
+    sandbox_wall_s: float = 10.0  # the Python sandbox's limits
+    sandbox_cpu_s: int = 5
+    sandbox_memory_mb: int = 512
 
     def validate(self) -> Settings:
         """Raise SettingsError naming the first value the app cannot use."""
@@ -90,6 +94,9 @@ class Settings:
             (-1.0 <= self.min_similarity <= 1.0, f"Minimum similarity must be between -1 and 1, not {self.min_similarity}."),
             (0.0 <= self.diversity < 1.0, f"Diversity must be at least 0 and below 1, not {self.diversity}."),
             (0 <= self.passage_neighbours <= 5, f"Neighbouring chunks must be between 0 and 5, not {self.passage_neighbours}."),
+            (0.5 <= self.sandbox_wall_s <= 3600, f"Sandbox time must be between 0.5 and 3600 seconds, not {self.sandbox_wall_s}."),
+            (1 <= self.sandbox_cpu_s <= 3600, f"Sandbox CPU time must be between 1 and 3600 seconds, not {self.sandbox_cpu_s}."),
+            (64 <= self.sandbox_memory_mb <= 65536, f"Sandbox memory must be between 64 and 65536 MB, not {self.sandbox_memory_mb}."),
             (self.speech_language == "" or (2 <= len(self.speech_language) <= 3 and self.speech_language.isalpha()),
              f"Speech language must be empty (detect it) or a language code such as en or fr, not {self.speech_language!r}."),
         ]

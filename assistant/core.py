@@ -307,6 +307,36 @@ class Assistant:
         except AssistantError as exc:
             yield Error(str(exc))
 
+    def agent(self, question: str, stop: threading.Event | None = None,
+              collection: str | Sequence[str] | None = None, pal: bool = False) -> Iterator[Event]:
+        """Answer with tools (ReAct), or with a program the sandbox runs (pal=True); nothing is saved.
+
+        Yields an AgentStep per tool call, then Token and Done, or an Error.
+        """
+        from assistant.agent.sandbox import Limits
+        from assistant.agent.tools import ToolContext, enabled_tools
+
+        s = self.settings
+        limits = Limits(wall_s=s.sandbox_wall_s, cpu_s=s.sandbox_cpu_s, memory_mb=s.sandbox_memory_mb)
+        try:
+            if self.engine is None:
+                self.load_model()
+            self.generating.set()
+            if pal:
+                from assistant.agent.pal import run_pal
+
+                yield from run_pal(self.engine, question, stop, limits)
+                return
+            from assistant.agent.react import run_agent
+
+            ctx = ToolContext(self, stop or threading.Event(), list(collection) if isinstance(collection, (list, tuple))
+                              else collection, limits)
+            yield from run_agent(self.engine, question, enabled_tools(s.tools_disabled), ctx, stop)
+        except AssistantError as exc:
+            yield Error(str(exc))
+        finally:
+            self.generating.clear()
+
     def ask(self, question: str, stop: threading.Event | None = None, collection: str | Sequence[str] | None = None) -> Iterator[Event]:
         """A one-off question with the system prompt, outside any saved conversation."""
         if not question.strip():

@@ -64,10 +64,21 @@ class Done:
 
 
 @dataclass(frozen=True)
+class AgentStep:
+    """One step of the agent: what it thought, the tool it called with what, and what it saw."""
+
+    thought: str
+    tool: str
+    input: dict
+    observation: str
+    refused: bool = False  # the call was not made (a copy of document or tool text, or a repeat)
+
+
+@dataclass(frozen=True)
 class Error:
     """Something the user can act on went wrong; the message is plain words."""
 
     message: str
 
 
-Event = Token | ContextTrimmed | Sources | Done | Error
+Event = Token | ContextTrimmed | Sources | AgentStep | Done | Error

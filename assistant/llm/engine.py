@@ -239,8 +239,13 @@ class Engine:
         top_p: float = 0.95,
         seed: int | None = None,
         stop: threading.Event | None = None,
+        grammar: str | None = None,
     ) -> Generation:
-        """Stream the continuation of prompt_tokens; iterate the result for text pieces."""
+        """Stream the continuation of prompt_tokens; iterate the result for text pieces.
+
+        grammar: a GBNF grammar (rule `root`) the continuation must follow; when it is complete, only the
+        end of generation can follow, so a constrained answer stops by itself.
+        """
         if not prompt_tokens:
             raise ContextOverflowError("There is nothing to send: the prompt is empty.")
         if len(prompt_tokens) >= self.n_ctx:
@@ -248,7 +253,7 @@ class Engine:
                 f"The prompt is {len(prompt_tokens)} tokens but the model's context holds {self.n_ctx}. "
                 "Shorten the message or raise the context size in Settings."
             )
-        return Generation(self, prompt_tokens, max_tokens, temperature, top_p, seed, stop)
+        return Generation(self, prompt_tokens, max_tokens, temperature, top_p, seed, stop, grammar)
 
     def reset_cache(self) -> None:
         self._lib.llama_memory_clear(self._memory, True)
@@ -339,8 +344,9 @@ class Generation:
     """One streamed answer. Iterate for text pieces; `stats` is complete when iteration ends."""
 
     def __init__(self, engine: Engine, tokens: list[int], max_tokens: int, temperature: float,
-                 top_p: float, seed: int | None, stop: threading.Event | None) -> None:
+                 top_p: float, seed: int | None, stop: threading.Event | None, grammar: str | None = None) -> None:
         self._engine = engine
+        self._grammar = grammar
         self._tokens = tokens
         self._max_tokens = max_tokens
         self._temperature = temperature
@@ -359,7 +365,8 @@ class Generation:
             return
         stats.prompt_seconds = time.perf_counter() - started
 
-        sampler = _make_sampler(lib, lib.llama_vocab_n_tokens(engine._vocab), self._temperature, self._top_p, self._seed)
+        sampler = _make_sampler(lib, lib.llama_vocab_n_tokens(engine._vocab), self._temperature, self._top_p, self._seed,
+                                engine._vocab, self._grammar)
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         budget = min(self._max_tokens, engine.n_ctx - len(engine._cached))
         token_array = (lib.llama_token * 1)()
@@ -397,8 +404,15 @@ class Generation:
 REPEAT_PENALTY = 1.1
 
 
-def _make_sampler(lib, n_vocab: int, temperature: float, top_p: float, seed: int | None):
+def _make_sampler(lib, n_vocab: int, temperature: float, top_p: float, seed: int | None, vocab=None,
+                  grammar: str | None = None):
     chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+    if grammar:
+        constraint = lib.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")
+        if not constraint:
+            lib.llama_sampler_free(chain)
+            raise ModelError(f"llama.cpp rejected a grammar.\n{recent_log(5)}")
+        lib.llama_sampler_chain_add(chain, constraint)  # first: the others choose among allowed tokens
     if temperature <= 0:
         lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
         return chain

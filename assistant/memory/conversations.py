@@ -103,6 +103,19 @@ class ConversationStore:
             for r in rows
         ]
 
+    def search_messages(self, query: str, limit: int = 5) -> list[Message]:
+        """Messages whose text holds every word of query (case-insensitive), newest first."""
+        words = [w for w in query.split() if w][:8]
+        if not words:
+            return []
+        where = " AND ".join("content LIKE ? ESCAPE '\\'" for _ in words)
+        rows = self.db.connect().execute(
+            f"SELECT * FROM messages WHERE role IN ('user', 'assistant') AND {where} ORDER BY id DESC LIMIT ?",
+            (*[f"%{_escape_like(w)}%" for w in words], limit),
+        ).fetchall()
+        return [Message(r["id"], r["conversation_id"], r["role"], r["content"], r["created_at"], json.loads(r["meta"]))
+                for r in rows]
+
     def delete_from(self, conversation_id: int, message_id: int) -> None:
         """Delete a message and everything after it (for regenerate and edit-and-resend)."""
         self.db.connect().execute(
