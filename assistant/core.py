@@ -13,7 +13,7 @@ from pathlib import Path
 
 from assistant.config import Settings, data_dir, db_path
 from assistant.errors import AssistantError, ContextOverflowError
-from assistant.events import ContextTrimmed, Done, Error, Event, Source, Sources, Token
+from assistant.events import AgentStep, ContextTrimmed, Done, Error, Event, Source, Sources, Token
 from assistant.llm.engine import Engine, LoadReport
 from assistant.memory.conversations import ConversationStore
 from assistant.rag import ALL_COLLECTIONS
@@ -357,6 +357,34 @@ class Assistant:
             yield Error(str(exc))
             return
         yield from self._answer(conversation_id, stop, collection=collection)
+
+    def send_with_tools(self, conversation_id: int, text: str, stop: threading.Event | None = None,
+                        collection: str | Sequence[str] | None = None, pal: bool = False) -> Iterator[Event]:
+        """Like send, answered by the agent (or PAL); the steps are saved with the answer.
+
+        The agent sees this question alone, not the earlier turns: its prompt is its own format.
+        """
+        if not text.strip():
+            yield Error("Type a question first: the message is empty.")
+            return
+        try:
+            self.conversations.get(conversation_id)
+            self.conversations.add_message(conversation_id, "user", text)
+        except AssistantError as exc:
+            yield Error(str(exc))
+            return
+        steps: list[dict] = []
+        for event in self.agent(text, stop, collection, pal):
+            if isinstance(event, AgentStep):
+                steps.append({"thought": event.thought, "tool": event.tool, "input": event.input,
+                              "observation": event.observation, "refused": event.refused})
+            if isinstance(event, Done) and (event.answer or event.finish_reason != "cancelled"):
+                meta = {k: getattr(event, k) for k in (
+                    "finish_reason", "prompt_tokens", "completion_tokens", "tokens_per_second", "seconds")}
+                meta.update(steps=steps, mode="pal" if pal else "agent")
+                saved = self.conversations.add_message(conversation_id, "assistant", event.answer, meta)
+                event = replace(event, message_id=saved.id)
+            yield event
 
     def regenerate(self, conversation_id: int, stop: threading.Event | None = None,
                    collection: str | Sequence[str] | None = None, whole_document: str | None = None) -> Iterator[Event]:

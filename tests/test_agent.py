@@ -178,3 +178,40 @@ def test_cli_ask_agent_json(qwen: Path, isolated_home: Path) -> None:
     result = json.loads(out.stdout)
     assert result["steps"] and set(result["steps"][0]) >= {"thought", "tool", "input", "observation"}
     assert "37" in result["answer"]
+
+
+@pytest.mark.slow
+def test_the_window_shows_each_step_folded_and_keeps_them(qtbot, qwen: Path, isolated_home: Path) -> None:
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QLabel, QToolButton
+
+    from assistant.ui.main_window import MainWindow
+
+    Settings(model_path=str(qwen), n_ctx=4096, max_tokens=200).save()
+    w = MainWindow()
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitUntil(lambda: w.model_ready, timeout=60_000)
+    w.mode.setCurrentIndex(w.mode.findData("tools"))
+    from assistant.agent.sandbox import isolation
+
+    expected = "bubblewrap" if isolation() == "bubblewrap" else "limits only"
+    qtbot.waitUntil(lambda: expected in w.sandbox_label.text(), timeout=10_000)
+    w.input.setPlainText("What is 1234 times 5678, minus 91?")
+    qtbot.keyClick(w.input, Qt.Key_Return)
+    qtbot.waitUntil(lambda: not w.busy and any(b.role == "assistant" and b.text for b in w.chat.bubbles),
+                    timeout=300_000)
+    answer = [b for b in w.chat.bubbles if b.role == "assistant"][-1]
+    assert "7006561" in answer.text.replace(",", "")
+    headers = answer.findChildren(QToolButton, "step")
+    assert headers and "python" in headers[0].text()
+    detail = answer.findChildren(QLabel, "step_detail")[0]
+    assert not detail.isVisible()
+    qtbot.mouseClick(headers[0], Qt.LeftButton)
+    assert detail.isVisible() and "7006561" in detail.text() and "1234" in detail.text()
+    # Saved with the answer: the steps come back when the chat is read again.
+    qtbot.waitUntil(lambda: answer.message_id is not None or not w.chat.bubbles, timeout=10_000)
+    w._reload_messages()
+    qtbot.waitUntil(lambda: any(b.findChildren(QToolButton, "step") for b in w.chat.bubbles if b.role == "assistant"
+                                and b is not answer), timeout=10_000)
+    w.close()

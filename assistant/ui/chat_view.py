@@ -14,6 +14,7 @@ from PySide6.QtWidgets import (
     QPushButton,
     QScrollArea,
     QSizePolicy,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -56,6 +57,11 @@ class MessageBubble(QFrame):
             self.edit_button.clicked.connect(lambda: self.editRequested.emit(self))
             header.addWidget(self.edit_button)
         layout.addLayout(header)
+        # The agent's steps, above its answer: one foldable block each (thought, call, observation).
+        self.steps_box = QVBoxLayout()
+        self.steps_box.setSpacing(2)
+        layout.addLayout(self.steps_box)
+        self.steps: list[dict] = []
         self.body = QLabel()
         self.body.setObjectName("body")
         self.body.setWordWrap(True)
@@ -86,6 +92,34 @@ class MessageBubble(QFrame):
 
     def set_meta(self, text: str) -> None:
         self.meta.setText(text)
+
+    def add_step(self, step: dict) -> None:
+        """A tool call the agent made: folded to one line (tool and thought); a click shows input and result."""
+        self.steps.append(step)
+        n = len(self.steps)
+        header = QToolButton()
+        header.setObjectName("step")
+        header.setCheckable(True)
+        header.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
+        header.setArrowType(Qt.RightArrow)
+        header.setAutoRaise(True)
+        state = " (refused)" if step.get("refused") else ""
+        header.setText(f"Step {n} · {step['tool']}{state} · {step['thought'][:90]}")
+        detail = QLabel()
+        detail.setObjectName("step_detail")
+        detail.setWordWrap(True)
+        detail.setTextFormat(Qt.RichText)
+        detail.setTextInteractionFlags(Qt.TextSelectableByMouse | Qt.TextSelectableByKeyboard)
+        detail.setText(_step_html(step, self.dark))
+        detail.setVisible(False)
+
+        def toggle(shown: bool) -> None:
+            detail.setVisible(shown)
+            header.setArrowType(Qt.DownArrow if shown else Qt.RightArrow)
+
+        header.toggled.connect(toggle)
+        self.steps_box.addWidget(header)
+        self.steps_box.addWidget(detail)
 
     def show_sources(self, sources: list[dict], dropped: list[dict] = (), whole_document: str | None = None) -> None:
         """List the passages under the answer: cited ones first and bold; each opens its file (at its page).
@@ -224,6 +258,13 @@ class ChatView(QScrollArea):
         self._sources, self._dropped, self._whole = [], [], None
         return bubble
 
+    def add_step(self, event) -> None:
+        """An AgentStep of the answer being written, shown as it happens."""
+        if self._streaming is None:
+            self.begin_answer()
+        self._streaming.add_step({"thought": event.thought, "tool": event.tool, "input": event.input,
+                                  "observation": event.observation, "refused": event.refused})
+
     def set_sources(self, event) -> None:
         """The Sources event of the answer being written: listed once the answer is complete."""
         from assistant.core import source_dict
@@ -261,6 +302,19 @@ def _bubble_style(role: str, dark: bool) -> str:
     border = "#3c3f44" if dark else "#d0d4da"
     return (f"QFrame#bubble_{role} {{ background: {color}; border: 1px solid {border}; border-radius: 8px; }}"
             " QLabel#meta { color: gray; }")
+
+
+def _step_html(step: dict, dark: bool) -> str:
+    import json
+
+    args = step.get("input") or {}
+    if set(args) == {"code"}:
+        call = markdown.render(f"```python\n{args['code']}\n```", dark)
+    else:
+        call = markdown.render(f"```json\n{json.dumps(args, ensure_ascii=False, indent=1)}\n```", dark)
+    observation = html.escape(step.get("observation", ""))
+    return (f"<p><i>{html.escape(step.get('thought', ''))}</i></p>{call}"
+            f"<p><b>Observation</b></p><pre style='white-space: pre-wrap;'>{observation}</pre>")
 
 
 def _escape(text: str) -> str:

@@ -10,6 +10,7 @@ from PySide6.QtCore import QEvent, QObject, Qt, QThread, Signal
 from PySide6.QtGui import QAction, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QApplication,
+    QComboBox,
     QFileDialog,
     QHBoxLayout,
     QInputDialog,
@@ -109,6 +110,7 @@ class MainWindow(QMainWindow):
         w.loadFailed.connect(self._on_load_failed)
         w.token.connect(self.chat.append_token)
         w.sources.connect(self.chat.set_sources)
+        w.step.connect(self.chat.add_step)
         w.trimmed.connect(self._on_trimmed)
         w.finished.connect(self._on_finished)
         w.failed.connect(self._on_failed)
@@ -197,6 +199,14 @@ class MainWindow(QMainWindow):
         self.stop_button.clicked.connect(self.stop)
         self.regenerate_button = QPushButton("Regenerate")
         self.regenerate_button.clicked.connect(self.regenerate)
+        self.mode = QComboBox()
+        self.mode.addItem("Chat", "chat")
+        self.mode.addItem("Use tools", "tools")
+        self.mode.addItem("Write a program", "pal")
+        self.mode.setToolTip("Chat: the model answers. Use tools: it may run Python in a sandbox, search your "
+                             "documents and past chats (each step is shown). Write a program: for sums and logic, "
+                             "it writes a Python solution() and the sandbox runs it.")
+        self.mode.currentIndexChanged.connect(self._on_mode_changed)
         self.talk_button = QPushButton("Hold to talk")
         self.talk_button.setToolTip("Hold this (or F2) while you speak; let go and your words are sent. Esc cancels.")
         self.talk_button.pressed.connect(self.start_recording)
@@ -206,6 +216,7 @@ class MainWindow(QMainWindow):
         buttons.addWidget(self.stop_button)
         buttons.addWidget(self.regenerate_button)
         buttons.addWidget(self.talk_button)
+        buttons.addWidget(self.mode)
         row = QHBoxLayout()
         row.addWidget(self.input, 1)
         row.addLayout(buttons)
@@ -249,6 +260,9 @@ class MainWindow(QMainWindow):
         status = self.statusBar()
         status.addWidget(self.model_label)
         status.addWidget(self.progress)
+        self.sandbox_label = QLabel("")
+        self.sandbox_label.setObjectName("sandbox")
+        status.addPermanentWidget(self.sandbox_label)
         status.addPermanentWidget(self.speed_label)
         status.addPermanentWidget(self.context_label)
 
@@ -393,12 +407,38 @@ class MainWindow(QMainWindow):
             def created(conversation) -> None:
                 self.conversation_id = conversation.id
                 self.chat.clear()
-                self._start_answer(text, "send", (conversation.id, text))
+                self._start_answer(text, *self._send_request(conversation.id, text))
 
             self.tasks.submit(lambda: self.assistant.conversations.create(), created,
                               lambda exc: (self._set_busy(False), self.show_error(exc)))
         else:
-            self._start_answer(text, "send", (self.conversation_id, text))
+            self._start_answer(text, *self._send_request(self.conversation_id, text))
+
+    def _on_mode_changed(self, _index: int) -> None:
+        """Say plainly where the model's code would run, before it runs any."""
+        if self.mode.currentData() == "chat":
+            self.sandbox_label.setText("")
+            return
+
+        def check() -> str:
+            from assistant.agent.sandbox import isolation
+
+            return isolation()
+
+        def show(kind: str) -> None:
+            if kind == "bubblewrap":
+                self.sandbox_label.setText("Code runs sandboxed: bubblewrap, no network, no access to your files")
+            else:
+                self.sandbox_label.setText("Code runs with limits only (install bubblewrap for a real sandbox)")
+            self.sandbox_label.setToolTip(f"Isolation of the Python tool: {kind}")
+
+        self.tasks.submit(check, show)
+
+    def _send_request(self, conversation_id: int, text: str) -> tuple[str, tuple]:
+        mode = self.mode.currentData()
+        if mode == "chat":
+            return "send", (conversation_id, text)
+        return "tools", (conversation_id, text, mode == "pal")
 
     def _start_answer(self, text: str, kind: str, args: tuple) -> None:
         self.chat.add("user", text)
@@ -515,6 +555,8 @@ class MainWindow(QMainWindow):
                 if m.role == "system":
                     continue
                 bubble = self.chat.add(m.role, m.content, m.id)
+                for step in m.meta.get("steps", []) if m.role == "assistant" else []:
+                    bubble.add_step(step)
                 if m.role == "assistant" and (m.meta.get("sources") or m.meta.get("dropped")):
                     bubble.show_sources(m.meta.get("sources", []), m.meta.get("dropped", []),
                                         m.meta.get("whole_document"))

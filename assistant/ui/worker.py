@@ -10,7 +10,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 from assistant.config import Settings
 from assistant.core import Assistant
 from assistant.errors import AssistantError, SettingsError
-from assistant.events import ContextTrimmed, Done, Error, Sources, Token
+from assistant.events import AgentStep, ContextTrimmed, Done, Error, Sources, Token
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,7 @@ class ModelWorker(QObject):
     loadFailed = Signal(str)
     token = Signal(str)
     sources = Signal(object)  # Sources: the passages the answer may cite
+    step = Signal(object)  # AgentStep: a tool call and what it returned
     trimmed = Signal(object)  # ContextTrimmed
     finished = Signal(object)  # Done
     failed = Signal(str)
@@ -75,13 +76,17 @@ class ModelWorker(QObject):
         if reload:
             self.load()
 
+    def _tools(self, conversation_id: int, text: str, pal: bool, **kwargs):
+        return self.assistant.send_with_tools(conversation_id, text, pal=pal, **kwargs)
+
     def _whole(self, conversation_id: int, path: str, **kwargs):
         return self.assistant.regenerate(conversation_id, whole_document=path, **kwargs)
 
     @Slot(str, object, str)
     def run(self, kind: str, args: tuple, collection: str) -> None:
         """kind: send (conversation_id, text) | regenerate (conversation_id,) | edit (conversation_id, message_id, text)
-        | whole (conversation_id, file): answer the last question again from the whole file.
+        | whole (conversation_id, file): answer the last question again from the whole file
+        | tools (conversation_id, text, pal): send, answered by the agent (pal: by a program).
 
         collection: the documents to answer from, or "" for none.
         """
@@ -91,12 +96,14 @@ class ModelWorker(QObject):
                 if self.assistant.engine is None:
                     return  # loadFailed has told the user why
             method = {"send": self.assistant.send, "regenerate": self.assistant.regenerate,
-                      "edit": self.assistant.edit_and_resend, "whole": self._whole}[kind]
+                      "edit": self.assistant.edit_and_resend, "whole": self._whole, "tools": self._tools}[kind]
             for event in method(*args, stop=self.stop_event, collection=collection or None):
                 if isinstance(event, Token):
                     self.token.emit(event.text)
                 elif isinstance(event, Sources):
                     self.sources.emit(event)
+                elif isinstance(event, AgentStep):
+                    self.step.emit(event)
                 elif isinstance(event, ContextTrimmed):
                     self.trimmed.emit(event)
                 elif isinstance(event, Done):
