@@ -154,7 +154,7 @@ def _ask(args: argparse.Namespace) -> int:
             print(f"Heard: {question}", file=sys.stderr)
     with _ctrl_c_sets(stop):
         if args.agent or args.pal:
-            run = assistant.agent(question, stop, _collections(args.collection), pal=args.pal)
+            run = assistant.agent(question, stop, _collections(args.collection), pal=args.pal, confirm=_confirm_on_tty)
         else:
             run = assistant.ask(question, stop, _collections(args.collection))
         events = list(_echo(run, args.json))
@@ -282,6 +282,17 @@ def _sandbox(args: argparse.Namespace) -> int:
         ending = f"killed: {result.limit_hit} limit" if result.limit_hit else f"exit code {result.exit_code}"
         print(f"[{ending}, {result.seconds:.2f} s, isolation: {result.isolation}]", file=sys.stderr)
     return 0  # the sandbox worked, whatever the program did
+
+
+def _confirm_on_tty(tool: str, args: dict) -> bool:
+    """Asked before a program runs (a setting, or no OS sandbox here): yes only from a person at a terminal."""
+    if not sys.stdin.isatty():
+        print("assistant: a program was not run: running code needs your yes here, and there is no terminal to ask.",
+              file=sys.stderr)
+        return False
+    shown = args.get("code") if set(args) == {"code"} else json.dumps(args)
+    answer = input(f"\nThe model wants to run this {tool} program:\n{shown}\nRun it? [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
 
 
 def _collections(names: list[str] | None) -> str | list[str] | None:

@@ -74,6 +74,7 @@ class Settings:
     voice_auto_send: bool = True  # a spoken question is sent as soon as it is transcribed
     index_transcripts: bool = False  # a dropped audio file's transcript also goes into the chosen collection
     tools_disabled: str = ""  # comma-separated tool names the agent may not use (python, search_documents...)
+    confirm_code: bool = False  # ask before each program runs (always asked where there is no OS sandbox)
     sandbox_wall_s: float = 10.0  # the Python sandbox's limits
     sandbox_cpu_s: int = 5
     sandbox_memory_mb: int = 512

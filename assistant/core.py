@@ -308,16 +308,22 @@ class Assistant:
             yield Error(str(exc))
 
     def agent(self, question: str, stop: threading.Event | None = None,
-              collection: str | Sequence[str] | None = None, pal: bool = False) -> Iterator[Event]:
+              collection: str | Sequence[str] | None = None, pal: bool = False, confirm=None) -> Iterator[Event]:
         """Answer with tools (ReAct), or with a program the sandbox runs (pal=True); nothing is saved.
 
-        Yields an AgentStep per tool call, then Token and Done, or an Error.
+        Yields an AgentStep per tool call, then Token and Done, or an Error. confirm(tool, args) -> bool is
+        asked before a program runs when the settings want that, and always without an OS sandbox; with
+        no confirm to ask, such a program does not run.
         """
-        from assistant.agent.sandbox import Limits
+        from assistant.agent.sandbox import Limits, isolation
         from assistant.agent.tools import ToolContext, enabled_tools
 
         s = self.settings
         limits = Limits(wall_s=s.sandbox_wall_s, cpu_s=s.sandbox_cpu_s, memory_mb=s.sandbox_memory_mb)
+        if s.confirm_code or isolation() != "bubblewrap":
+            confirm = confirm or (lambda _tool, _args: False)
+        else:
+            confirm = None
         try:
             if self.engine is None:
                 self.load_model()
@@ -325,12 +331,12 @@ class Assistant:
             if pal:
                 from assistant.agent.pal import run_pal
 
-                yield from run_pal(self.engine, question, stop, limits)
+                yield from run_pal(self.engine, question, stop, limits, confirm=confirm)
                 return
             from assistant.agent.react import run_agent
 
             ctx = ToolContext(self, stop or threading.Event(), list(collection) if isinstance(collection, (list, tuple))
-                              else collection, limits)
+                              else collection, limits, confirm)
             yield from run_agent(self.engine, question, enabled_tools(s.tools_disabled), ctx, stop)
         except AssistantError as exc:
             yield Error(str(exc))
@@ -359,7 +365,8 @@ class Assistant:
         yield from self._answer(conversation_id, stop, collection=collection)
 
     def send_with_tools(self, conversation_id: int, text: str, stop: threading.Event | None = None,
-                        collection: str | Sequence[str] | None = None, pal: bool = False) -> Iterator[Event]:
+                        collection: str | Sequence[str] | None = None, pal: bool = False,
+                        confirm=None) -> Iterator[Event]:
         """Like send, answered by the agent (or PAL); the steps are saved with the answer.
 
         The agent sees this question alone, not the earlier turns: its prompt is its own format.
@@ -374,7 +381,7 @@ class Assistant:
             yield Error(str(exc))
             return
         steps: list[dict] = []
-        for event in self.agent(text, stop, collection, pal):
+        for event in self.agent(text, stop, collection, pal, confirm):
             if isinstance(event, AgentStep):
                 steps.append({"thought": event.thought, "tool": event.tool, "input": event.input,
                               "observation": event.observation, "refused": event.refused})

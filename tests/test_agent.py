@@ -215,3 +215,34 @@ def test_the_window_shows_each_step_folded_and_keeps_them(qtbot, qwen: Path, iso
     qtbot.waitUntil(lambda: any(b.findChildren(QToolButton, "step") for b in w.chat.bubbles if b.role == "assistant"
                                 and b is not answer), timeout=10_000)
     w.close()
+
+
+@pytest.mark.slow
+def test_asking_before_running_code_run_and_deny(qtbot, qwen: Path, isolated_home: Path) -> None:
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QPushButton
+
+    from assistant.ui.main_window import MainWindow
+
+    Settings(model_path=str(qwen), n_ctx=4096, max_tokens=200, confirm_code=True).save()
+    w = MainWindow()
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitUntil(lambda: w.model_ready, timeout=60_000)
+    w.mode.setCurrentIndex(w.mode.findData("pal"))
+    asked: list = []
+    w.worker.confirmRequested.connect(lambda tool, args: asked.append(args))
+
+    def ask_and(button: str, question: str) -> None:
+        w.input.setPlainText(question)
+        qtbot.keyClick(w.input, Qt.Key_Return)
+        qtbot.waitUntil(lambda: w.chat.bubbles and w.chat.bubbles[-1].findChildren(QPushButton, button), timeout=300_000)
+        qtbot.mouseClick(w.chat.bubbles[-1].findChildren(QPushButton, button)[0], Qt.LeftButton)
+        qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
+
+    ask_and("deny", "What is 48 plus 95?")
+    assert asked and "def solution" in asked[-1]["code"]
+    assert any(b.role == "error" and "not run" in b.text for b in w.chat.bubbles)
+    ask_and("run", "What is 48 plus 95?")
+    qtbot.waitUntil(lambda: any(b.role == "assistant" and b.text == "143" for b in w.chat.bubbles), timeout=30_000)
+    w.close()

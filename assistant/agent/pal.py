@@ -44,7 +44,7 @@ def extract_program(text: str) -> str:
 
 
 def run_pal(engine, question: str, stop: threading.Event | None = None, limits: Limits | None = None,
-            use_grammar: bool = True) -> Iterator[Event]:
+            use_grammar: bool = True, confirm=None) -> Iterator[Event]:
     prompt = engine.render([{"role": "user", "content": PAL_PROMPT.format(question=question)}])
     generation = engine.generate(engine.tokenize(prompt), max_tokens=PROGRAM_TOKENS, temperature=0.0, stop=stop,
                                  grammar=PAL_GRAMMAR if use_grammar else None)
@@ -57,6 +57,11 @@ def run_pal(engine, question: str, stop: threading.Event | None = None, limits: 
     code = extract_program(text)
     if "def solution" not in code:
         yield Error("The model did not write a solution() function, so there is nothing to run.")
+        return
+    if confirm is not None and not confirm("python", {"code": code}):
+        yield AgentStep("I wrote a program that computes the answer.", "python", {"code": code},
+                        "The user did not allow this program to run.", refused=True)
+        yield Error("The program was not run, so there is no answer.")
         return
     result = run_python(code + "\n\nprint(solution())\n", limits, stop)
     lines = [line for line in result.stdout.splitlines() if line.strip()]

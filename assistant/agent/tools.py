@@ -28,6 +28,8 @@ class ToolContext:
     cancel: threading.Event = field(default_factory=threading.Event)
     collection: str | list[str] | None = None  # the documents search_documents looks in
     limits: Limits = field(default_factory=Limits)
+    # Asked before a program runs, when the user wants that or there is no OS boundary: True runs it.
+    confirm: Callable[[str, dict], bool] | None = None
 
 
 @dataclass
@@ -43,6 +45,8 @@ class Tool:
 
 
 def _python(args: dict, ctx: ToolContext) -> str:
+    if ctx.confirm is not None and not ctx.confirm("python", args):
+        return "The user did not allow this program to run."
     result = run_python(str(args.get("code", "")), ctx.limits, ctx.cancel)
     return result.observation()
 

@@ -93,6 +93,36 @@ class MessageBubble(QFrame):
     def set_meta(self, text: str) -> None:
         self.meta.setText(text)
 
+    def ask_to_run(self, tool: str, args: dict, decide) -> None:
+        """The program the agent wants to run, with Run and Deny; decide(bool) gets the answer, once."""
+        box = QFrame()
+        box.setObjectName("confirm")
+        column = QVBoxLayout(box)
+        column.setContentsMargins(0, 4, 0, 4)
+        text = QLabel()
+        text.setTextFormat(Qt.RichText)
+        text.setWordWrap(True)
+        text.setText(f"<p><b>Run this {html.escape(tool)} program?</b></p>"
+                     + _step_html({"thought": "", "input": args, "observation": ""}, self.dark).split("<p><b>Observation")[0])
+        row = QHBoxLayout()
+        run, deny = QPushButton("Run"), QPushButton("Deny")
+        run.setObjectName("run")
+        deny.setObjectName("deny")
+        row.addWidget(run)
+        row.addWidget(deny)
+        row.addStretch(1)
+        column.addWidget(text)
+        column.addLayout(row)
+
+        def answer(allowed: bool) -> None:
+            box.setParent(None)
+            box.deleteLater()
+            decide(allowed)
+
+        run.clicked.connect(lambda: answer(True))
+        deny.clicked.connect(lambda: answer(False))
+        self.steps_box.addWidget(box)
+
     def add_step(self, step: dict) -> None:
         """A tool call the agent made: folded to one line (tool and thought); a click shows input and result."""
         self.steps.append(step)
@@ -272,6 +302,11 @@ class ChatView(QScrollArea):
         self._sources = [source_dict(s) for s in event.sources]
         self._dropped = [source_dict(s) for s in event.dropped]
         self._whole = event.whole_document
+
+    def streaming_bubble(self) -> MessageBubble:
+        if self._streaming is None:
+            self.begin_answer()
+        return self._streaming
 
     def streaming_text(self) -> str:
         return self._pending if self._streaming is not None else ""

@@ -111,6 +111,7 @@ class MainWindow(QMainWindow):
         w.token.connect(self.chat.append_token)
         w.sources.connect(self.chat.set_sources)
         w.step.connect(self.chat.add_step)
+        w.confirmRequested.connect(self._confirm_code)
         w.trimmed.connect(self._on_trimmed)
         w.finished.connect(self._on_finished)
         w.failed.connect(self._on_failed)
@@ -413,6 +414,11 @@ class MainWindow(QMainWindow):
                               lambda exc: (self._set_busy(False), self.show_error(exc)))
         else:
             self._start_answer(text, *self._send_request(self.conversation_id, text))
+
+    def _confirm_code(self, tool: str, args: dict) -> None:
+        """The agent wants to run a program and must ask first: show it with Run and Deny in the answer."""
+        bubble = self.chat.streaming_bubble()
+        bubble.ask_to_run(tool, args, self.worker.decide)
 
     def _on_mode_changed(self, _index: int) -> None:
         """Say plainly where the model's code would run, before it runs any."""

@@ -1,4 +1,4 @@
-"""Settings in three tabs: the model (file, threads, GPU layers, context, sampling), documents, and voice."""
+"""Settings in tabs: the model (file, threads, GPU layers, context, sampling), documents, voice and tools."""
 
 from __future__ import annotations
 
@@ -139,8 +139,30 @@ class SettingsDialog(QDialog):
         hint.setWordWrap(True)
         voice_form.addRow(hint)
 
+        # Tools.
+        from assistant.agent.tools import TOOLS
+
+        tools_form = QFormLayout()
+        off = {t.strip() for t in settings.tools_disabled.split(",") if t.strip()}
+        self.tool_boxes: dict[str, QCheckBox] = {}
+        for n, (name, tool) in enumerate(TOOLS.items()):
+            box = QCheckBox(f"{name}: {tool.description}")
+            box.setChecked(name not in off)
+            self.tool_boxes[name] = box
+            tools_form.addRow("Tools the agent may use" if n == 0 else "", box)
+        self.confirm_code = QCheckBox("Ask before running any program (always asked when there is no OS sandbox)")
+        self.confirm_code.setChecked(settings.confirm_code)
+        tools_form.addRow("", self.confirm_code)
+        self.sandbox_wall_s = _dspin(0.5, 3600.0, settings.sandbox_wall_s, 1.0)
+        tools_form.addRow("Program time limit (s)", self.sandbox_wall_s)
+        self.sandbox_cpu_s = _spin(1, 3600, settings.sandbox_cpu_s, "CPU seconds a program may use")
+        tools_form.addRow("Program CPU limit (s)", self.sandbox_cpu_s)
+        self.sandbox_memory_mb = _spin(64, 65536, settings.sandbox_memory_mb, "memory a program may use, in MB")
+        tools_form.addRow("Program memory (MB)", self.sandbox_memory_mb)
+
         self.tabs = QTabWidget()
-        for title, tab_form in (("Model", model_form), ("Documents", documents_form), ("Voice", voice_form)):
+        for title, tab_form in (("Model", model_form), ("Documents", documents_form), ("Voice", voice_form),
+                                ("Tools", tools_form)):
             page = QWidget()
             page.setLayout(tab_form)
             self.tabs.addTab(page, title)
@@ -172,6 +194,9 @@ class SettingsDialog(QDialog):
             microphone=self.microphone.currentData() or "", speech_model=self.speech_model.currentText().strip(),
             speech_language=self.speech_language.text().strip().lower(), voice_auto_send=self.voice_auto_send.isChecked(),
             index_transcripts=self.index_transcripts.isChecked(),
+            tools_disabled=",".join(name for name, box in self.tool_boxes.items() if not box.isChecked()),
+            confirm_code=self.confirm_code.isChecked(), sandbox_wall_s=self.sandbox_wall_s.value(),
+            sandbox_cpu_s=self.sandbox_cpu_s.value(), sandbox_memory_mb=self.sandbox_memory_mb.value(),
         )
         return values
 

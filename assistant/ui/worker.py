@@ -24,6 +24,7 @@ class ModelWorker(QObject):
     token = Signal(str)
     sources = Signal(object)  # Sources: the passages the answer may cite
     step = Signal(object)  # AgentStep: a tool call and what it returned
+    confirmRequested = Signal(str, object)  # tool, its arguments: the UI answers with decide()
     trimmed = Signal(object)  # ContextTrimmed
     finished = Signal(object)  # Done
     failed = Signal(str)
@@ -36,6 +37,8 @@ class ModelWorker(QObject):
         # checked between tokens and inside llama.cpp, so Stop lands within a token's time.
         self.stop_event = threading.Event()
         self.load_cancel = threading.Event()
+        self._decided = threading.Event()
+        self._allowed = False
 
     @Slot()
     def start(self) -> None:
@@ -77,7 +80,22 @@ class ModelWorker(QObject):
             self.load()
 
     def _tools(self, conversation_id: int, text: str, pal: bool, **kwargs):
-        return self.assistant.send_with_tools(conversation_id, text, pal=pal, **kwargs)
+        return self.assistant.send_with_tools(conversation_id, text, pal=pal, confirm=self._confirm, **kwargs)
+
+    def _confirm(self, tool: str, args: dict) -> bool:
+        """On this thread: ask the window (Run / Deny) and wait for the answer, or for Stop."""
+        self._decided.clear()
+        self._allowed = False
+        self.confirmRequested.emit(tool, args)
+        while not self._decided.wait(0.05):
+            if self.stop_event.is_set():
+                return False
+        return self._allowed
+
+    def decide(self, allowed: bool) -> None:
+        """Called by the UI thread."""
+        self._allowed = allowed
+        self._decided.set()
 
     def _whole(self, conversation_id: int, path: str, **kwargs):
         return self.assistant.regenerate(conversation_id, whole_document=path, **kwargs)
