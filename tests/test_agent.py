@@ -236,7 +236,8 @@ def test_asking_before_running_code_run_and_deny(qtbot, qwen: Path, isolated_hom
     def ask_and(button: str, question: str) -> None:
         w.input.setPlainText(question)
         qtbot.keyClick(w.input, Qt.Key_Return)
-        qtbot.waitUntil(lambda: w.chat.bubbles and w.chat.bubbles[-1].findChildren(QPushButton, button), timeout=300_000)
+        qtbot.waitUntil(lambda: bool(w.chat.bubbles and w.chat.bubbles[-1].findChildren(QPushButton, button)),
+                        timeout=300_000)
         qtbot.mouseClick(w.chat.bubbles[-1].findChildren(QPushButton, button)[0], Qt.LeftButton)
         qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
 

@@ -27,7 +27,7 @@ def window(qtbot, isolated_home, virtual_microphone):
     qtbot.addWidget(w)
     w.show()
     w.activateWindow()
-    qtbot.waitUntil(lambda: w.model_ready, timeout=30_000)
+    qtbot.waitUntil(lambda: w.model_ready, timeout=60_000)
     yield w
     w.close()
 
