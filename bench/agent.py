@@ -9,8 +9,10 @@ from the same run:
 2. GSM8K (../shared/data/gsm8k/test.jsonl, the first --limit questions): accuracy of the model
    answering directly (its number compared with the gold one) and of PAL (the model writes
    solution(), the sandbox runs it), for the default model and for any GGUF given with --model.
-
-Not yet here: tool-call accuracy on bfcl-eval's simple_python and irrelevance cases.
+3. BFCL (the PyPI package bfcl-eval, data with gold calls; `make bench` installs it): tool-call accuracy
+   on simple_python (one right call with right arguments, checked as BFCL's AST checker does) and
+   irrelevance (no call when no tool fits), for each step format the model can use: ReAct text under
+   a grammar, and the model's own <tool_call> convention where its chat template has one.
 This is a benchmark, not a test: it reports and never fails on a slow figure.
 """
 
@@ -30,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 SANDBOX_RUNS = 30
 DEFAULT_LIMIT = 30
+DEFAULT_BFCL = 40  # cases per category, evenly spread over the file
 TARGET_SANDBOX_S = 0.050
 DIRECT_PROMPT = ("Solve this problem. Think step by step, then give the final answer as a number on the last line, "
                  "like 'Answer: 42'.\n\n{question}")
@@ -118,6 +121,128 @@ def gsm8k(model: str | None, data: Path, limit: int) -> dict[str, Any]:
             "direct_s_per_question": seconds["direct"] / n, "pal_s_per_question": seconds["pal"] / n, "rows": rows}
 
 
+def bfcl_data() -> Path | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("bfcl_eval")  # not imported: its many dependencies are not installed
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "data"
+    return folder if (folder / "BFCL_v4_simple_python.json").is_file() else None
+
+
+def bfcl_cases(folder: Path, category: str, limit: int) -> list[tuple[dict, dict | None]]:
+    """(case, gold call or None) for `limit` cases spread evenly over the category."""
+    cases = [json.loads(line) for line in (folder / f"BFCL_v4_{category}.json").read_text().splitlines() if line.strip()]
+    gold_file = folder / "possible_answer" / f"BFCL_v4_{category}.json"
+    gold = {}
+    if gold_file.is_file():
+        for line in gold_file.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                gold[row["id"]] = row["ground_truth"][0]
+    step = max(1, len(cases) // max(1, limit))
+    chosen = cases[::step][:limit]
+    return [(case, gold.get(case["id"])) for case in chosen]
+
+
+_TYPES = {"dict": "object", "float": "number", "tuple": "array", "any": None}
+
+
+def json_schema(schema: dict) -> dict:
+    """BFCL's Python-flavoured schema (dict, float, tuple, any) as JSON schema."""
+    out = {}
+    for key, value in schema.items():
+        if key == "type":
+            kind = _TYPES.get(value, value)
+            if kind:
+                out["type"] = kind
+        elif key == "properties":
+            out["properties"] = {name: json_schema(prop) for name, prop in value.items()}
+        elif key == "items" and isinstance(value, dict):
+            out["items"] = json_schema(value)
+        else:
+            out[key] = value
+    return out
+
+
+def bfcl_tools(functions: list[dict]) -> dict:
+    from assistant.agent.tools import Tool
+
+    return {f["name"]: Tool(f["name"], f.get("description", ""), json_schema(f["parameters"]), lambda a, c: "")
+            for f in functions}
+
+
+def _norm(value: Any) -> Any:
+    # BFCL's standardisation: strings compare without spaces and ",./-_*^", case-insensitively; 3 == 3.0.
+    if isinstance(value, str):
+        return re.sub(r"[ ,./\-_*^]", "", value).lower().replace("'", '"')
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_norm(v) for v in value]
+    return value
+
+
+def value_ok(value: Any, allowed: list) -> bool:
+    for option in allowed:
+        if option == "":
+            continue
+        if isinstance(option, dict) and isinstance(value, dict):
+            if all(k in option for k in value) and all(
+                    value_ok(value[k], opts) if k in value else "" in opts for k, opts in option.items()):
+                return True
+        elif _norm(value) == _norm(option):
+            return True
+    return False
+
+
+def call_matches(name: str, args: dict, gold: dict) -> bool:
+    """One gold call {name: {param: [allowed values, "" when it may be left out]}} against the model's call."""
+    (gold_name, params), = gold.items()
+    if name != gold_name or any(key not in params for key in args):
+        return False
+    return all(value_ok(args[key], allowed) if key in args else "" in allowed for key, allowed in params.items())
+
+
+def first_step(engine, question: str, tools: dict, style: str):
+    from assistant.agent.react import STEP_TOKENS, step_format
+
+    steps = step_format(engine, question, tools, style)
+    generation = engine.generate(engine.tokenize(steps.prompt(False, True)), max_tokens=STEP_TOKENS,
+                                 temperature=0.0, grammar=steps.grammar(False))
+    return steps.parse("".join(generation))[1]
+
+
+def bfcl(model: str | None, folder: Path, limit: int) -> list[dict[str, Any]]:
+    from assistant.llm.engine import Engine
+    from assistant.llm.models import default_model_path
+
+    engine = Engine(Path(model) if model else default_model_path(), n_ctx=4096)
+    styles = ["react"] + (["native"] if engine.formatter.native_tools else [])
+    results = []
+    for style in styles:
+        for category in ("simple_python", "irrelevance"):
+            right = malformed = 0
+            t0 = time.perf_counter()
+            cases = bfcl_cases(folder, category, limit)
+            for case, gold in cases:
+                parsed = first_step(engine, case["question"][0][-1]["content"], bfcl_tools(case["function"]), style)
+                malformed += parsed.kind == "malformed"
+                if category == "irrelevance":
+                    right += parsed.kind != "action"  # as BFCL scores it: no call decoded is right
+                else:
+                    right += parsed.kind == "action" and call_matches(parsed.tool, parsed.input or {}, gold)
+            results.append({"model": Path(engine.model_path).name, "style": style, "category": category,
+                            "cases": len(cases), "accuracy": right / len(cases), "malformed": malformed,
+                            "s_per_case": (time.perf_counter() - t0) / len(cases)})
+            say(f"  {style} {category}: {right}/{len(cases)}")
+    engine.close()
+    return results
+
+
 def render(r: dict[str, Any]) -> str:
     sb = r["sandbox"]
     rows = [("figure", "app", "reference", "ratio")]
@@ -132,12 +257,18 @@ def render(r: dict[str, Any]) -> str:
         rows.append((f"GSM8K accuracy, {g['model']} ({g['questions']} q)", f"{g['pal_accuracy']:.3f} PAL",
                      f"{g['direct_accuracy']:.3f} direct", ""))
         rows.append(("  seconds per question", f"{g['pal_s_per_question']:.1f} s", f"{g['direct_s_per_question']:.1f} s", ""))
+    for b in r.get("bfcl", []):
+        rows.append((f"BFCL {b['category']}, {b['model']}, {b['style']} ({b['cases']} cases)", f"{b['accuracy']:.3f}",
+                     f"{b['malformed']} malformed, {b['s_per_case']:.1f} s/case", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     notes = ["Direct: the model answers with step-by-step reasoning, its last number is compared with the gold one. "
              "PAL: the model writes solution() under a grammar, the sandbox runs it, the printed value is compared. "
-             "Greedy decoding for both."]
+             "Greedy decoding for both.",
+             "BFCL: one step of the agent's own prompt and grammar per case, greedy; the first call is scored. "
+             "simple_python: right function and arguments (BFCL's string standardisation, optional ones may be "
+             "left out). irrelevance: right when no call is made."]
     return "\n".join(lines + [""] + [f"- {n}" for n in notes])
 
 
@@ -150,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help="GSM8K questions (the first N)")
     p.add_argument("--model", action="append", help="a GGUF to measure besides the default (repeatable)")
+    p.add_argument("--bfcl", type=int, default=DEFAULT_BFCL, help="BFCL cases per category (0 skips BFCL)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     args = p.parse_args(argv)
     say("bench.agent: sandbox latency...")
@@ -158,6 +290,14 @@ def main(argv: list[str] | None = None) -> int:
         for model in [None, *(args.model or [])]:
             say(f"bench.agent: GSM8K, {model or 'the default model'}...")
             result["gsm8k"].append(gsm8k(model, args.data, args.limit))
+    folder = bfcl_data()
+    if args.bfcl > 0 and folder is None:
+        say("bench.agent: BFCL skipped: the bfcl-eval package is not installed (make bench installs it)")
+    elif args.bfcl > 0:
+        result["bfcl"] = []
+        for model in [None, *(args.model or [])]:
+            say(f"bench.agent: BFCL, {model or 'the default model'}...")
+            result["bfcl"] += bfcl(model, folder, args.bfcl)
     print(json.dumps(result) if args.json else render(result))
     return 0
 

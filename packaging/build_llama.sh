@@ -16,11 +16,20 @@ if [ -r /proc/cpuinfo ] && ! grep -qw avx2 /proc/cpuinfo; then
   flags="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=OFF -DGGML_FMA=OFF -DGGML_F16C=OFF"  # older CPUs
   tag=avx
 fi
-if [ "$tag" = avx2 ] && grep -qw avx512f /proc/cpuinfo 2>/dev/null && grep -qw avx512_vnni /proc/cpuinfo 2>/dev/null \
-   && grep -qw avx512vbmi /proc/cpuinfo 2>/dev/null && grep -qw avx512_bf16 /proc/cpuinfo 2>/dev/null; then
+has() { grep -qw "$1" /proc/cpuinfo 2>/dev/null; }
+# Each extension only where this CPU reports it: an AMD EPYC (Zen 4) has AVX-512 VNNI but not
+# AVX-VNNI, and a build that assumed both died with SIGILL on the first matrix multiply (seen here).
+if [ "$tag" = avx2 ] && has avx512f && has avx512bw && has avx512vl && has avx512dq && has avx512cd; then
   # Measured faster here (prompt 656-702 vs 448 tok/s on a 270M model) and still avoids AMX.
-  flags="$flags -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON -DGGML_BMI2=ON"
+  flags="$flags -DGGML_AVX512=ON"
+  has avx512vbmi && flags="$flags -DGGML_AVX512_VBMI=ON"
+  has avx512_vnni && flags="$flags -DGGML_AVX512_VNNI=ON"
+  has avx512_bf16 && flags="$flags -DGGML_AVX512_BF16=ON"
   tag=avx512
+fi
+if [ "$tag" != avx ]; then
+  has avx_vnni && flags="$flags -DGGML_AVX_VNNI=ON"
+  has bmi2 && flags="$flags -DGGML_BMI2=ON"
 fi
 if [ "$(uname -s)" = Darwin ]; then
   flags="-DGGML_METAL=on"

@@ -45,3 +45,28 @@ def test_quick_benchmark_reports_both_sides(isolated_home) -> None:
     assert data["window"]["visible_s"] > 0
     assert set(data["pass"]) >= {"gen_tps", "chat_ttft", "stop_generation", "stop_prompt", "window"}
     assert data["machine"]["llama_cpp_python"] and data["machine"]["model_file"].endswith(".gguf")
+
+
+def test_bfcl_scoring_accepts_every_gold_call_and_refuses_wrong_ones() -> None:
+    from bench.agent import bfcl_cases, bfcl_data, bfcl_tools, call_matches
+
+    folder = bfcl_data()
+    if folder is None:
+        pytest.skip("bfcl-eval is not installed (make test installs it)")
+    cases = bfcl_cases(folder, "simple_python", 400)
+    assert len(cases) >= 350
+    for case, gold in cases:
+        (name, params), = gold.items()
+        call = {key: allowed[0] for key, allowed in params.items() if allowed and allowed[0] != ""}
+        assert call_matches(name, call, gold), case["id"]
+        assert not call_matches(name + "_x", call, gold)
+        assert not call_matches(name, {**call, "no_such_argument": 1}, gold)
+        required = [k for k, allowed in params.items() if "" not in allowed]
+        if required:
+            assert not call_matches(name, {k: v for k, v in call.items() if k != required[0]}, gold), case["id"]
+        tools = bfcl_tools(case["function"])
+        assert name in tools and tools[name].parameters["type"] == "object"
+    # BFCL's standardisation: case, spaces and punctuation in strings do not matter; 5 == 5.0.
+    gold = {"f": {"city": ["New York, NY"], "n": [5]}}
+    assert call_matches("f", {"city": "new york ny", "n": 5.0}, gold)
+    assert not call_matches("f", {"city": "Boston", "n": 5}, gold)

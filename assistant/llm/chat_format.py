@@ -7,6 +7,7 @@ small instruct models understand.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from functools import lru_cache
 
@@ -25,9 +26,18 @@ class ChatFormatter:
         self.eos_token = eos_token
         self._template = _compile(self.template_source)
 
-    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+    @property
+    def native_tools(self) -> bool:
+        """True when the template lays out tools itself and expects calls as <tool_call>{json}</tool_call>
+        (the Hermes convention of Qwen2.5, Qwen3, Hermes and others)."""
+        return "tools" in self.template_source and "<tool_call>" in self.template_source
+
+    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True,
+               tools: list[dict] | None = None) -> str:
+        extra = {"tools": tools} if tools else {}
         return self._template.render(
             messages=messages,
+            **extra,
             add_generation_prompt=add_generation_prompt,
             bos_token=self.bos_token,
             eos_token=self.eos_token,
@@ -42,7 +52,15 @@ def _compile(source: str):
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = _raise
+    # As Hugging Face renders templates: keys in their order, no HTML escaping of ' < > & (Jinja's own
+    # tojson writes \u0027 for an apostrophe, which the model never saw in training).
+    env.filters["tojson"] = _tojson
     return env.from_string(source)
+
+
+def _tojson(value, ensure_ascii: bool = False, indent: int | None = None, separators=None,
+            sort_keys: bool = False) -> str:
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
 def _raise(message: str) -> None:

@@ -214,8 +214,8 @@ class Engine:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))
 
-    def render(self, messages: list[dict[str, str]]) -> str:
-        return self.formatter.render(messages, add_generation_prompt=True)
+    def render(self, messages: list[dict[str, str]], tools: list[dict] | None = None) -> str:
+        return self.formatter.render(messages, add_generation_prompt=True, tools=tools)
 
     def _special_piece(self, token: int) -> str:
         # -1 means the vocabulary has no such token; llama.cpp would throw through its C API.

@@ -153,6 +153,13 @@ class SettingsDialog(QDialog):
         self.confirm_code = QCheckBox("Ask before running any program (always asked when there is no OS sandbox)")
         self.confirm_code.setChecked(settings.confirm_code)
         tools_form.addRow("", self.confirm_code)
+        self.tool_format = QComboBox()
+        self.tool_format.addItem("ReAct steps (any model)", "react")
+        self.tool_format.addItem("The model's own tool calls (Qwen2.5, Hermes…)", "native")
+        self.tool_format.setCurrentIndex(max(0, self.tool_format.findData(settings.tool_format)))
+        self.tool_format.setToolTip("Small models follow ReAct steps better; larger ones trained for tool calls may do "
+                                    "better in their own format. Models without one always use ReAct.")
+        tools_form.addRow("Tool-call format", self.tool_format)
         self.sandbox_wall_s = _dspin(0.5, 3600.0, settings.sandbox_wall_s, 1.0)
         tools_form.addRow("Program time limit (s)", self.sandbox_wall_s)
         self.sandbox_cpu_s = _spin(1, 3600, settings.sandbox_cpu_s, "CPU seconds a program may use")
@@ -195,7 +202,8 @@ class SettingsDialog(QDialog):
             speech_language=self.speech_language.text().strip().lower(), voice_auto_send=self.voice_auto_send.isChecked(),
             index_transcripts=self.index_transcripts.isChecked(),
             tools_disabled=",".join(name for name, box in self.tool_boxes.items() if not box.isChecked()),
-            confirm_code=self.confirm_code.isChecked(), sandbox_wall_s=self.sandbox_wall_s.value(),
+            confirm_code=self.confirm_code.isChecked(), tool_format=self.tool_format.currentData(),
+            sandbox_wall_s=self.sandbox_wall_s.value(),
             sandbox_cpu_s=self.sandbox_cpu_s.value(), sandbox_memory_mb=self.sandbox_memory_mb.value(),
         )
         return values
