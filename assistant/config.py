@@ -81,6 +81,9 @@ class Settings:
     sandbox_wall_s: float = 10.0  # the Python sandbox's limits
     sandbox_cpu_s: int = 5
     sandbox_memory_mb: int = 512
+    memory_enabled: bool = True  # remember finished exchanges and recall them in other chats
+    memory_tokens: int = 300  # the most of the prompt recalled memories may take
+    memory_min_similarity: float = 0.35  # below this cosine, a memory is not about the question
 
     def validate(self) -> Settings:
         """Raise SettingsError naming the first value the app cannot use."""
@@ -101,6 +104,9 @@ class Settings:
             (0 <= self.passage_neighbours <= 5, f"Neighbouring chunks must be between 0 and 5, not {self.passage_neighbours}."),
             (0.5 <= self.sandbox_wall_s <= 3600, f"Sandbox time must be between 0.5 and 3600 seconds, not {self.sandbox_wall_s}."),
             (1 <= self.sandbox_cpu_s <= 3600, f"Sandbox CPU time must be between 1 and 3600 seconds, not {self.sandbox_cpu_s}."),
+            (0 <= self.memory_tokens <= 4096, f"Memory tokens must be between 0 and 4096, not {self.memory_tokens}."),
+            (-1.0 <= self.memory_min_similarity <= 1.0,
+             f"Memory similarity must be between -1 and 1, not {self.memory_min_similarity}."),
             (64 <= self.sandbox_memory_mb <= 65536, f"Sandbox memory must be between 64 and 65536 MB, not {self.sandbox_memory_mb}."),
             (self.speech_language == "" or (2 <= len(self.speech_language) <= 3 and self.speech_language.isalpha()),
              f"Speech language must be empty (detect it) or a language code such as en or fr, not {self.speech_language!r}."),

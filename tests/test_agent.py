@@ -22,17 +22,6 @@ from assistant.events import AgentStep, Done, Error, Token
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="session")
-def qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from assistant.errors import ModelError
-    from assistant.llm.models import assemble_qwen_coder
-
-    try:
-        return assemble_qwen_coder(tmp_path_factory.mktemp("qwen-home"))
-    except ModelError as exc:
-        pytest.skip(f"Qwen2.5-Coder is not installed ({exc}); make test installs its parts")
-
-
 @pytest.mark.parametrize("text, kind, expected", [
     ("Thought: add them\nAction: python\nAction Input: {\"code\": \"print(2+2)\"}\n", "action",
      ("python", {"code": "print(2+2)"})),

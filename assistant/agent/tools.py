@@ -88,10 +88,14 @@ def _recall(args: dict, ctx: ToolContext) -> str:
     if ctx.assistant is None:
         return "No past conversations are available."
     query = str(args.get("query", "")).strip()
-    found = ctx.assistant.conversations.search_messages(query, limit=5) if query else []
-    if not found:
-        return f"No past conversation mentions {query!r}."
-    return "\n".join(f"[{m.role}, conversation {m.conversation_id}] {' '.join(m.content.split())[:300]}" for m in found)
+    if not query:
+        return "recall needs a query."
+    # Long-term memory by meaning first (when on), then the words themselves in every saved message.
+    lines = [f"[memory, {'chat ' + str(m.chat_id) if m.chat_id else 'fact'}] {' '.join(m.text.split())[:300]}"
+             for m in ctx.assistant.recall(query)]
+    lines += [f"[{m.role}, conversation {m.conversation_id}] {' '.join(m.content.split())[:300]}"
+              for m in ctx.assistant.conversations.search_messages(query, limit=5)]
+    return "\n".join(dict.fromkeys(lines)) if lines else f"No past conversation mentions {query!r}."
 
 
 def _current_time(args: dict, ctx: ToolContext) -> str:

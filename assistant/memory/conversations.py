@@ -21,6 +21,9 @@ class Conversation:
     created_at: float
     updated_at: float
     message_count: int = 0
+    memory: bool = True  # this chat is remembered and recalls memories
+    summary: str = ""  # of its early turns, once they no longer fit the context
+    summary_upto: int = 0  # the id of the last message the summary covers
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,11 @@ class Message:
     content: str
     created_at: float
     meta: dict = field(default_factory=dict)
+
+
+def _conversation(row) -> Conversation:
+    return Conversation(row["id"], row["title"], row["created_at"], row["updated_at"], row["n"], bool(row["memory"]),
+                        row["summary"], row["summary_upto"])
 
 
 def title_from(text: str) -> str:
@@ -57,7 +65,7 @@ class ConversationStore:
         ).fetchone()
         if row is None:
             raise NotFoundError(f"Conversation {conversation_id} does not exist (it may have been deleted).")
-        return Conversation(row["id"], row["title"], row["created_at"], row["updated_at"], row["n"])
+        return _conversation(row)
 
     def list(self, search: str = "", limit: int = 500) -> list[Conversation]:
         """Newest first; `search` matches titles, case-insensitively."""
@@ -66,13 +74,22 @@ class ConversationStore:
             "FROM conversations c WHERE c.title LIKE ? ESCAPE '\\' ORDER BY c.updated_at DESC, c.id DESC LIMIT ?",
             (f"%{_escape_like(search)}%", limit),
         ).fetchall()
-        return [Conversation(r["id"], r["title"], r["created_at"], r["updated_at"], r["n"]) for r in rows]
+        return [_conversation(r) for r in rows]
 
     def rename(self, conversation_id: int, title: str) -> None:
         title = title_from(title) or "Untitled"
         cur = self.db.connect().execute("UPDATE conversations SET title = ? WHERE id = ?", (title, conversation_id))
         if cur.rowcount == 0:
             raise NotFoundError(f"Conversation {conversation_id} does not exist.")
+
+    def set_memory(self, conversation_id: int, on: bool) -> None:
+        cur = self.db.connect().execute("UPDATE conversations SET memory = ? WHERE id = ?", (int(on), conversation_id))
+        if cur.rowcount == 0:
+            raise NotFoundError(f"Conversation {conversation_id} does not exist.")
+
+    def set_summary(self, conversation_id: int, summary: str, upto: int) -> None:
+        self.db.connect().execute("UPDATE conversations SET summary = ?, summary_upto = ? WHERE id = ?",
+                                  (summary, upto, conversation_id))
 
     def delete(self, conversation_id: int) -> None:
         self.db.connect().execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
@@ -118,9 +135,12 @@ class ConversationStore:
 
     def delete_from(self, conversation_id: int, message_id: int) -> None:
         """Delete a message and everything after it (for regenerate and edit-and-resend)."""
-        self.db.connect().execute(
-            "DELETE FROM messages WHERE conversation_id = ? AND id >= ?", (conversation_id, message_id)
-        )
+        conn = self.db.connect()
+        with _transaction(conn):
+            conn.execute("DELETE FROM messages WHERE conversation_id = ? AND id >= ?", (conversation_id, message_id))
+            # A summary of turns that are gone would keep saying them.
+            conn.execute("UPDATE conversations SET summary = '', summary_upto = 0 WHERE id = ? AND summary_upto >= ?",
+                         (conversation_id, message_id))
 
     def export_markdown(self, conversation_id: int) -> str:
         conv = self.get(conversation_id)

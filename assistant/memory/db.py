@@ -92,6 +92,13 @@ MIGRATIONS: list[str] = [
     INSERT OR IGNORE INTO collection_paths(collection_id, path, added_at)
         SELECT collection_id, path, COALESCE(indexed_at, 0) FROM documents;
     """,
+    # 4: long-term memory per chat (on unless the user turns it off for that chat), and the running
+    # summary of a long chat's early turns: the text, and the last message it covers.
+    """
+    ALTER TABLE conversations ADD COLUMN memory INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE conversations ADD COLUMN summary TEXT NOT NULL DEFAULT '';
+    ALTER TABLE conversations ADD COLUMN summary_upto INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 

@@ -80,6 +80,8 @@ class ChunkLike(Protocol):
     start: int
     end: int
 
+HIDDEN_PREFIX = "~"  # collections the app keeps for itself (long-term memory): searched only by name
+
 
 @dataclass(frozen=True)
 class ChunkRecord:
@@ -207,16 +209,20 @@ class DocumentStore:
         name = name.strip()
         if not name:
             raise AssistantError("A collection needs a name.")
+        if name.startswith(HIDDEN_PREFIX):
+            raise AssistantError(f"Collection names cannot start with {HIDDEN_PREFIX!r}: those are the app's own.")
         self._take_writer_lock()
         return self.collection_id(name, create=True)  # type: ignore[return-value]
 
-    def list_collections(self) -> list[CollectionInfo]:
+    def list_collections(self, hidden: bool = False) -> list[CollectionInfo]:
+        """The user's collections; with hidden=True also the app's own (named "~...", such as long-term memory)."""
         rows = self.db.connect().execute(
             """SELECT c.id, c.name, c.created_at, COUNT(d.id), COALESCE(SUM(d.chunk_count), 0)
                FROM collections c LEFT JOIN documents d ON d.collection_id = c.id
                GROUP BY c.id ORDER BY c.name"""
         ).fetchall()
-        return [CollectionInfo(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+        return [CollectionInfo(r[0], r[1], r[2], r[3], r[4]) for r in rows
+                if hidden or not r[1].startswith(HIDDEN_PREFIX)]
 
     def delete_collection(self, name: str) -> bool:
         """Forget a collection, its documents and vectors. False when there was none by that name."""
@@ -697,7 +703,7 @@ class DocumentStore:
             self._take_writer_lock()
         except AssistantError:
             pass  # another process writes the index: repair this process's copy in memory, save nothing
-        names = [collection] if collection is not None else [c.name for c in self.list_collections()]
+        names = [collection] if collection is not None else [c.name for c in self.list_collections(hidden=True)]
         done = 0
         for name in names:
             cid = self.collection_id(name)

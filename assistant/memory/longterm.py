@@ -1,0 +1,143 @@
+"""Long-term memory: earlier exchanges and facts the user asked to keep, recalled into new answers.
+
+Memories live in the document store as the hidden collection MEMORY, one "document" of one chunk per
+memory, so recall gets the same hybrid search (FAISS + FTS5), crash safety and repair as documents.
+The document's path says where the memory came from:
+  memory:chat/<conversation id>/<message id>   an exchange (the user's message and the answer)
+  memory:fact/<chat id or 0>/<unique id>       a fact the user asked to remember ("remember that ...")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+MEMORY = "~memory"  # "~": the app's own collection, never listed or searched as documents
+EXCHANGE_CHARS = 1200  # of one exchange; the embedder reads 256 tokens, the prompt gets the first part
+_REMEMBER = re.compile(r"^\s*(?:please\s+)?(?:remember|note|keep in mind)\s*(?:that\s+|:\s*)?(.+)", re.I | re.S)
+
+
+@dataclass(frozen=True)
+class Memory:
+    key: str
+    text: str
+    kind: str  # "exchange" or "fact"
+    chat_id: int | None
+    when: float
+    similarity: float | None = None
+
+    def as_dict(self) -> dict:
+        return {"text": self.text, "chat_id": self.chat_id, "when": self.when, "kind": self.kind, "key": self.key}
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    text: str
+    page: int | None = None
+    heading: str | None = None
+    start: int = 0
+    end: int = 0
+
+
+def fact_to_remember(message: str) -> str | None:
+    """The fact in "remember that my dog is called Rex" (None when the message asks nothing of the kind)."""
+    match = _REMEMBER.match(message)
+    if not match:
+        return None
+    fact = " ".join(match.group(1).split()).rstrip(".!")
+    return fact or None
+
+
+def _parse(path: str) -> tuple[str, int | None]:
+    parts = path.split(":", 1)[-1].split("/")
+    kind = "exchange" if parts[0] == "chat" else "fact"
+    try:
+        chat = int(parts[1]) or None
+    except (IndexError, ValueError):
+        chat = None
+    return kind, chat
+
+
+class LongTermMemory:
+    """The memory collection of a DocumentStore, embedded with the documents' embedder.
+
+    embedder is a function returning the Embedder: it loads torch, which only writing or searching needs.
+    """
+
+    def __init__(self, documents, embedder: Callable[[], object]) -> None:
+        self.documents = documents
+        self._embedder = embedder
+
+    @property
+    def embedder(self):
+        return self._embedder()
+
+    def count(self) -> int:
+        return sum(c.documents for c in self.documents.list_collections(hidden=True) if c.name == MEMORY)
+
+    def _add(self, path: str, text: str) -> Memory:
+        from assistant.rag.store import NewDocument
+
+        vectors = self.embedder.embed([text])
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        now = time.time()
+        self.documents.add_documents(MEMORY, [NewDocument(path, digest, len(text), now, None,
+                                                          [_Chunk(text, end=len(text))], vectors)])
+        self.documents.save()
+        kind, chat = _parse(path)
+        return Memory(path, text, kind, chat, now)
+
+    def remember_exchange(self, chat_id: int, message_id: int, question: str, answer: str) -> Memory:
+        text = f"User: {question.strip()}\nAssistant: {answer.strip()}"[:EXCHANGE_CHARS]
+        return self._add(f"memory:chat/{chat_id}/{message_id}", text)
+
+    def remember_fact(self, fact: str, chat_id: int | None = None) -> Memory:
+        return self._add(f"memory:fact/{chat_id or 0}/{uuid.uuid4().hex[:12]}", fact.strip())
+
+    def list(self) -> list[Memory]:
+        """Every memory, newest first."""
+        if self.documents.collection_id(MEMORY) is None:
+            return []
+        docs = self.documents.documents(MEMORY)
+        texts = {r.file: r.text for r in self.documents.chunks(self.documents.chunk_ids(MEMORY).tolist())}
+        out = []
+        for d in docs:
+            kind, chat = _parse(d.path)
+            out.append(Memory(d.path, texts.get(d.path, ""), kind, chat, d.indexed_at or 0.0))
+        return sorted(out, key=lambda m: m.when, reverse=True)
+
+    def forget(self, key: str) -> bool:
+        if self.documents.collection_id(MEMORY) is None:
+            return False
+        removed = self.documents.remove_documents(MEMORY, [key])
+        self.documents.save()
+        return removed > 0
+
+    def forget_chat(self, chat_id: int) -> int:
+        keys = [m.key for m in self.list() if m.chat_id == chat_id]
+        if keys:
+            self.documents.remove_documents(MEMORY, keys)
+            self.documents.save()
+        return len(keys)
+
+    def recall(self, query: str, k: int = 3, min_similarity: float = 0.3,
+               skip: set[str] = frozenset()) -> list[Memory]:
+        """The memories closest to query, best first; those whose key is in skip are left out."""
+        from assistant.rag.retriever import search
+
+        if not query.strip() or not self.count():
+            return []
+        hits = search(self.documents, self.embedder, query, MEMORY, k + len(skip))
+        out = []
+        for hit in hits:
+            if hit.file in skip or (hit.similarity is not None and hit.similarity < min_similarity):
+                continue
+            kind, chat = _parse(hit.file)
+            info = self.documents.document(MEMORY, hit.file)
+            out.append(Memory(hit.file, hit.text, kind, chat, (info.indexed_at if info else 0.0) or 0.0,
+                              hit.similarity))
+        return out[:k]

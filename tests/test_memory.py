@@ -1,0 +1,169 @@
+"""Long-term memory and long chats, with the real models, embedder, FAISS and SQLite: a fact told in one
+chat is recalled in another; deleted memories and memory switched off are never used; a long chat keeps
+an early fact through its running summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from assistant.config import Settings
+from assistant.core import Assistant
+from assistant.events import Done, Recalled, Summarised
+from assistant.memory.longterm import MEMORY, fact_to_remember
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _send(assistant: Assistant, chat_id: int, text: str) -> list:
+    events = list(assistant.send(chat_id, text))
+    assert isinstance(events[-1], Done), events[-1]
+    return events
+
+
+def _recalled(events: list) -> list[dict]:
+    return [m for e in events if isinstance(e, Recalled) for m in e.memories]
+
+
+@pytest.mark.parametrize("message, fact", [
+    ("Remember that my locker code is 4711.", "my locker code is 4711"),
+    ("please remember: the wifi password is 'tulip-42'", "the wifi password is 'tulip-42'"),
+    ("Note that I am allergic to peanuts!", "I am allergic to peanuts"),
+    ("Do you remember what I said?", None),
+    ("What is 2 + 2?", None),
+])
+def test_which_messages_ask_to_remember(message: str, fact: str | None) -> None:
+    assert fact_to_remember(message) == fact
+
+
+@pytest.mark.slow
+def test_a_fact_told_in_one_chat_is_recalled_in_another(qwen: Path, isolated_home: Path) -> None:
+    assistant = Assistant(Settings(model_path=str(qwen), n_ctx=4096, temperature=0.0, max_tokens=60))
+    first = assistant.conversations.create()
+    _send(assistant, first.id, "My dog is called Rex. He is a beagle and he loves carrots.")
+    _send(assistant, first.id, "What should I cook tonight? Something quick.")
+    memories = assistant.memory.list()
+    assert len(memories) == 2 and {m.chat_id for m in memories} == {first.id}
+
+    second = assistant.conversations.create()
+    events = _send(assistant, second.id, "What is my dog called?")
+    recalled = _recalled(events)
+    assert recalled and "Rex" in recalled[0]["text"] and recalled[0]["chat_id"] == first.id
+    assert not any("cook" in m["text"] for m in recalled)  # not about the question: below the similarity floor
+    assert "Rex" in events[-1].answer
+    saved = assistant.conversations.messages(second.id)[-1]
+    assert saved.role == "assistant" and saved.meta["memories"][0]["chat_id"] == first.id
+
+    # The memory collection is the app's own: not a document collection, never in a document search.
+    assert MEMORY not in [c.name for c in assistant.documents.list_collections()]
+    assert MEMORY not in assistant.collection_names("*")
+    assistant.close()
+
+
+def test_remember_forget_and_turning_memory_off(isolated_home: Path) -> None:
+    assistant = Assistant(Settings(max_tokens=16))
+    chat = assistant.conversations.create()
+    _send(assistant, chat.id, "Remember that my locker code is 4711.")
+    facts = [m for m in assistant.memory.list() if m.kind == "fact"]
+    assert [f.text for f in facts] == ["my locker code is 4711"] and facts[0].chat_id == chat.id
+
+    other = assistant.conversations.create()
+    assert any("4711" in m["text"] for m in _recalled(_send(assistant, other.id, "What is my locker code?")))
+
+    # Off for one chat: it neither recalls nor is remembered.
+    private = assistant.conversations.create()
+    assistant.conversations.set_memory(private.id, False)
+    before = len(assistant.memory.list())
+    events = _send(assistant, private.id, "What is my locker code? Also, my bike is red.")
+    assert not _recalled(events)
+    assert len(assistant.memory.list()) == before
+
+    # Off everywhere: nothing recalled, nothing new kept.
+    assistant.update_settings(Settings(max_tokens=16, memory_enabled=False), save=False)
+    events = _send(assistant, other.id, "What is my locker code?")
+    assert not _recalled(events) and len(assistant.memory.list()) == before
+    assistant.update_settings(Settings(max_tokens=16), save=False)
+
+    # A deleted memory is never recalled again.
+    for m in assistant.memory.list():
+        if "4711" in m.text:
+            assert assistant.memory.forget(m.key)
+    assert not assistant.memory.forget("memory:fact/0/nonexistent")
+    events = _send(assistant, other.id, "What is my locker code?")
+    assert not any("4711" in m["text"] for m in _recalled(events))
+    assert not any("4711" in m.text for m in assistant.recall("locker code 4711"))
+
+    # Deleting a chat removes what memory kept from it.
+    assert any(m.chat_id == other.id for m in assistant.memory.list())
+    assistant.delete_conversation(other.id)
+    assert not any(m.chat_id == other.id for m in assistant.memory.list())
+    assistant.close()
+
+
+def test_regenerating_an_answer_replaces_its_memory(isolated_home: Path) -> None:
+    assistant = Assistant(Settings(max_tokens=16))
+    chat = assistant.conversations.create()
+    _send(assistant, chat.id, "My favourite colour is teal.")
+    old = assistant.memory.list()
+    list(assistant.regenerate(chat.id))
+    new = assistant.memory.list()
+    assert len(new) == 1 and new[0].key != old[0].key
+    assert new[0].key.endswith(f"/{assistant.conversations.messages(chat.id)[-1].id}")
+    assistant.close()
+
+
+@pytest.mark.slow
+def test_a_sixty_turn_chat_keeps_an_early_fact_through_its_summary(qwen: Path, isolated_home: Path) -> None:
+    assistant = Assistant(Settings(model_path=str(qwen), n_ctx=2048, temperature=0.0, max_tokens=40))
+    chat = assistant.conversations.create()
+    assistant.conversations.set_memory(chat.id, False)  # only the summary can carry the fact
+    store = assistant.conversations
+    store.add_message(chat.id, "user", "My sister is called Ottilie and she lives in Lisbon.")
+    store.add_message(chat.id, "assistant", "Lovely, Lisbon is a beautiful city.")
+    topics = ["tomatoes", "a bicycle chain", "the moon", "tax forms", "a jazz record", "rain boots", "chess openings",
+              "a sourdough starter", "train timetables", "houseplants", "a broken zip", "winter tyres",
+              "bird feeders", "a printer jam", "knitting", "solar panels", "a job interview", "paint colours",
+              "a leaky tap", "camping gear", "a birthday cake", "a library card", "running shoes", "a violin",
+              "compost", "a parking ticket", "a cough", "wallpaper", "a chess clock"]
+    for topic in topics:
+        store.add_message(chat.id, "user", f"Tell me one short practical tip about {topic}, please.")
+        store.add_message(chat.id, "assistant", f"Here is a practical tip about {topic}: keep it simple, check it "
+                                                "regularly, and ask someone experienced when you are unsure.")
+    assert len(store.messages(chat.id)) == 60
+    events = _send(assistant, chat.id, "What is my sister called? Answer with her name.")
+    summarised = [e for e in events if isinstance(e, Summarised)]
+    assert summarised and summarised[0].messages >= 2
+    saved = store.get(chat.id)
+    assert "Ottilie" in saved.summary and saved.summary_upto > 0
+    assert "Ottilie" in events[-1].answer
+    assistant.close()
+
+
+def test_cli_memory_and_ask_json(isolated_home: Path) -> None:
+    env = {**os.environ, "ASSISTANT_HOME": str(isolated_home)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "assistant", *args], capture_output=True, text=True,
+                              timeout=300, cwd=ROOT, env=env)
+
+    added = cli("memory", "add", "My cat is called Biscuit.")
+    assert added.returncode == 0, added.stderr
+    listed = cli("memory", "list", "--json")
+    memories = json.loads(listed.stdout)
+    assert [m["text"] for m in memories] == ["My cat is called Biscuit."] and memories[0]["kind"] == "fact"
+    asked = cli("ask", "--json", "--max-tokens", "16", "What is my cat called?")
+    assert asked.returncode == 0, asked.stderr
+    result = json.loads(asked.stdout)
+    assert result["memories"][0]["text"] == "My cat is called Biscuit."
+    assert set(result["memories"][0]) >= {"text", "chat_id", "when"}
+    forgot = cli("memory", "forget", memories[0]["key"])
+    assert forgot.returncode == 0, forgot.stderr
+    assert json.loads(cli("memory", "list", "--json").stdout) == []
+    assert cli("memory", "forget", "memory:fact/0/nothing").returncode == 1
+    asked = json.loads(cli("ask", "--json", "--max-tokens", "16", "What is my cat called?").stdout)
+    assert "memories" not in asked
