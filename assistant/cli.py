@@ -474,6 +474,9 @@ def _bench(args: argparse.Namespace) -> int:
     if args.what == "agent":  # its other options (--limit, several --model) through python -m bench.agent
         from bench import agent as bench_agent
         return bench_agent.main((["--json"] if args.json else []) + (["--model", args.model] if args.model else []))
+    if args.what == "memory":  # --quick through python -m bench.memory
+        from bench import memory as bench_memory
+        return bench_memory.main(["--json"] if args.json else [])
     if args.what == "speech":  # its other options through python -m bench.speech
         from bench import speech as bench_speech
         return bench_speech.main(["--json"] if args.json else [])

@@ -67,6 +67,7 @@ class Assistant:
         self._embedder = None  # Embedder: loads torch, so only when documents are used
         self._transcriber = None  # Transcriber: Whisper, loaded on the first spoken question
         self._memory = None  # LongTermMemory, over the document store
+        self._memory_jobs = None  # exchanges waiting to be remembered (a queue, with its thread)
         self._rag_lock = threading.Lock()
         # Set while an answer is being written: indexing waits between batches, because on a
         # small machine the embedder and llama.cpp fighting for the same cores slows both a lot.
@@ -172,15 +173,48 @@ class Assistant:
     def delete_conversation(self, conversation_id: int) -> None:
         """Delete a chat, and everything long-term memory kept from it."""
         self.conversations.delete(conversation_id)
+        self.wait_for_memory()  # an exchange still on its way in would outlive the chat
         if self.memory.count():
             self.memory.forget_chat(conversation_id)
 
+    def _forget_from(self, conversation_id: int, message_id: int) -> None:
+        """Forget the exchanges of a chat from this message on (their answers are being replaced)."""
+        self.wait_for_memory()
+        if self.memory.count():
+            for m in self.memory.list():
+                if m.kind == "exchange" and m.chat_id == conversation_id and int(m.key.rsplit("/", 1)[1]) >= message_id:
+                    self.memory.forget(m.key)
+
     def _remember(self, conversation_id: int, message_id: int, question: str, answer: str) -> None:
-        try:
-            if self.settings.memory_enabled and self.conversations.get(conversation_id).memory and answer.strip():
-                self.memory.remember_exchange(conversation_id, message_id, question, answer)
-        except Exception:  # memory is a help, never the reason an answer fails
-            log.exception("could not remember an exchange")
+        """Keep an exchange in long-term memory, on a background thread: embedding it (and, the first time,
+        loading the embedder) must not hold up the next question."""
+        import queue
+
+        if not (self.settings.memory_enabled and answer.strip()):
+            return
+        with self._rag_lock:
+            if self._memory_jobs is None:
+                self._memory_jobs = queue.Queue()
+                threading.Thread(target=self._memory_loop, args=(self._memory_jobs,), name="memory",
+                                 daemon=True).start()
+        self._memory_jobs.put((conversation_id, message_id, question, answer))
+
+    def _memory_loop(self, jobs) -> None:
+        while (job := jobs.get()) is not None:
+            try:
+                conversation_id, message_id, question, answer = job
+                if self.conversations.get(conversation_id).memory:
+                    self.memory.remember_exchange(conversation_id, message_id, question, answer)
+            except Exception:  # memory is a help, never the reason anything else fails
+                log.exception("could not remember an exchange")
+            finally:
+                jobs.task_done()
+        jobs.task_done()
+
+    def wait_for_memory(self) -> None:
+        """Return once every exchange handed to long-term memory so far is kept."""
+        if self._memory_jobs is not None:
+            self._memory_jobs.join()
 
     def _with_memories(self, messages: list[dict[str, str]], memories: list) -> tuple[list[dict[str, str]], list]:
         """The last user message with the memories that fit memory_tokens put before it; and those memories."""
@@ -531,6 +565,7 @@ class Assistant:
             yield Error("Type a question first: the message is empty.")
             return
         self.conversations.delete_from(conversation_id, message_id)
+        self._forget_from(conversation_id, message_id)
         yield from self.send(conversation_id, text, stop, collection)
 
     def _answer(self, conversation_id: int, stop: threading.Event | None, replaces: int | None = None,
@@ -581,8 +616,8 @@ class Assistant:
                     meta["memories"] = list(recalled.memories)
                 if replaces is not None:
                     self.conversations.delete_from(conversation_id, replaces)
-                if replaces is not None and self.memory.count():
-                    self.memory.forget(f"memory:chat/{conversation_id}/{replaces}")
+                if replaces is not None:
+                    self._forget_from(conversation_id, replaces)
                 saved = self.conversations.add_message(conversation_id, "assistant", event.answer, meta)
                 yield replace(event, message_id=saved.id)
                 if event.finish_reason != "cancelled":
@@ -680,6 +715,10 @@ class Assistant:
         return tokens, start, len(turns) - start
 
     def close(self) -> None:
+        if self._memory_jobs is not None:
+            self._memory_jobs.put(None)  # after what is queued: nothing handed over is lost
+            self._memory_jobs.join()
+            self._memory_jobs = None
         self.unload_model()
         self.conversations.close()
         if self._documents is not None:

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _send(assistant: Assistant, chat_id: int, text: str) -> list:
     events = list(assistant.send(chat_id, text))
     assert isinstance(events[-1], Done), events[-1]
+    assistant.wait_for_memory()  # exchanges are kept on a background thread
     return events
 
 
@@ -111,6 +112,7 @@ def test_regenerating_an_answer_replaces_its_memory(isolated_home: Path) -> None
     _send(assistant, chat.id, "My favourite colour is teal.")
     old = assistant.memory.list()
     list(assistant.regenerate(chat.id))
+    assistant.wait_for_memory()
     new = assistant.memory.list()
     assert len(new) == 1 and new[0].key != old[0].key
     assert new[0].key.endswith(f"/{assistant.conversations.messages(chat.id)[-1].id}")
@@ -167,3 +169,53 @@ def test_cli_memory_and_ask_json(isolated_home: Path) -> None:
     assert cli("memory", "forget", "memory:fact/0/nothing").returncode == 1
     asked = json.loads(cli("ask", "--json", "--max-tokens", "16", "What is my cat called?").stdout)
     assert "memories" not in asked
+
+
+@pytest.mark.slow
+def test_the_window_shows_what_was_remembered_and_the_panel_forgets_it(qtbot, isolated_home: Path) -> None:
+    from PySide6.QtCore import Qt
+
+    from assistant.ui.main_window import MainWindow
+
+    Settings(max_tokens=16, temperature=0.0).save()
+    w = MainWindow()
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitUntil(lambda: w.model_ready, timeout=60_000)
+
+    def ask(text: str) -> None:
+        answered = len([b for b in w.chat.bubbles if b.role == "assistant"])
+        w.input.setPlainText(text)
+        qtbot.keyClick(w.input, Qt.Key_Return)
+        qtbot.waitUntil(lambda: not w.busy and len([b for b in w.chat.bubbles if b.role == "assistant"]) > answered,
+                        timeout=120_000)
+
+    ask("My dog is called Rex and he is a beagle.")
+    first = w.conversation_id
+    qtbot.waitUntil(lambda: w.assistant.memory.count() == 1, timeout=60_000)
+    w.new_chat()
+    qtbot.waitUntil(lambda: w.conversation_id not in (None, first), timeout=10_000)
+    ask("What is my dog called?")
+    answer = [b for b in w.chat.bubbles if b.role == "assistant"][-1]
+    assert answer.memories_label.isVisible() and "Rex" in answer.memories_label.text()
+    w._reload_messages()  # saved with the answer: shown again when the chat is read back
+    qtbot.waitUntil(lambda: any(b.memories_label.isVisible() for b in w.chat.bubbles if b is not answer),
+                    timeout=10_000)
+
+    w.open_memory()
+    panel = w.memory_panel
+    qtbot.waitUntil(lambda: panel.list.count() == 2 and panel.this_chat.isEnabled(), timeout=10_000)
+    assert panel.this_chat.isChecked()
+    panel.this_chat.setChecked(False)
+    qtbot.waitUntil(lambda: not w.assistant.conversations.get(w.conversation_id).memory, timeout=10_000)
+    rex = [panel.list.item(i) for i in range(panel.list.count()) if "Rex" in panel.list.item(i).text()]
+    assert rex and "from “My dog is called Rex" in rex[0].text()
+    for item in rex:
+        item.setSelected(True)
+    qtbot.mouseClick(panel.forget_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: panel.list.count() == 2 - len(rex), timeout=10_000)
+    assert not any("Rex" in m.text for m in w.assistant.memory.list())
+    panel.enabled.setChecked(False)
+    qtbot.waitUntil(lambda: not Settings.load().memory_enabled, timeout=10_000)
+    panel.close()
+    w.close()

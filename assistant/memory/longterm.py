@@ -52,6 +52,10 @@ def fact_to_remember(message: str) -> str | None:
     return fact or None
 
 
+def exchange_text(question: str, answer: str) -> str:
+    return f"User: {question.strip()}\nAssistant: {answer.strip()}"[:EXCHANGE_CHARS]
+
+
 def _parse(path: str) -> tuple[str, int | None]:
     parts = path.split(":", 1)[-1].split("/")
     kind = "exchange" if parts[0] == "chat" else "fact"
@@ -92,8 +96,23 @@ class LongTermMemory:
         return Memory(path, text, kind, chat, now)
 
     def remember_exchange(self, chat_id: int, message_id: int, question: str, answer: str) -> Memory:
-        text = f"User: {question.strip()}\nAssistant: {answer.strip()}"[:EXCHANGE_CHARS]
-        return self._add(f"memory:chat/{chat_id}/{message_id}", text)
+        return self._add(f"memory:chat/{chat_id}/{message_id}", exchange_text(question, answer))
+
+    def remember_exchanges(self, exchanges: list[tuple[int, int, str, str]], batch: int = 256) -> int:
+        """Many (chat id, message id, question, answer) at once: batched embedding, one save (imports, benchmarks)."""
+        from assistant.rag.store import NewDocument
+
+        now = time.time()
+        for start in range(0, len(exchanges), batch):
+            part = exchanges[start:start + batch]
+            texts = [exchange_text(q, a) for _, _, q, a in part]
+            vectors = self.embedder.embed(texts)
+            self.documents.add_documents(MEMORY, [
+                NewDocument(f"memory:chat/{c}/{m}", hashlib.sha256(t.encode("utf-8")).hexdigest(), len(t), now, None,
+                            [_Chunk(t, end=len(t))], vectors[i:i + 1])
+                for i, ((c, m, _, _), t) in enumerate(zip(part, texts, strict=True))])
+        self.documents.save()
+        return len(exchanges)
 
     def remember_fact(self, fact: str, chat_id: int | None = None) -> Memory:
         return self._add(f"memory:fact/{chat_id or 0}/{uuid.uuid4().hex[:12]}", fact.strip())
@@ -125,13 +144,13 @@ class LongTermMemory:
         return len(keys)
 
     def recall(self, query: str, k: int = 3, min_similarity: float = 0.3,
-               skip: set[str] = frozenset()) -> list[Memory]:
+               skip: set[str] = frozenset(), mode: str = "hybrid") -> list[Memory]:
         """The memories closest to query, best first; those whose key is in skip are left out."""
         from assistant.rag.retriever import search
 
         if not query.strip() or not self.count():
             return []
-        hits = search(self.documents, self.embedder, query, MEMORY, k + len(skip))
+        hits = search(self.documents, self.embedder, query, MEMORY, k + len(skip), mode)
         out = []
         for hit in hits:
             if hit.file in skip or (hit.similarity is not None and hit.similarity < min_similarity):

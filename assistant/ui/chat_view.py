@@ -77,6 +77,13 @@ class MessageBubble(QFrame):
         self.sources_label.setVisible(False)
         self.sources_label.linkActivated.connect(self._open_source)
         layout.addWidget(self.sources_label)
+        self.memories_label = QLabel()
+        self.memories_label.setObjectName("memories")
+        self.memories_label.setWordWrap(True)
+        self.memories_label.setTextFormat(Qt.RichText)
+        self.memories_label.setVisible(False)
+        layout.addWidget(self.memories_label)
+        self.memories: list[dict] = []
         self.sources: list[dict] = []
         self.dropped: list[dict] = []
         self.set_text(text)
@@ -178,6 +185,20 @@ class MessageBubble(QFrame):
                                    + "<br>".join(lines) + "</p>")
         self.sources_label.setVisible(True)
 
+    def show_memories(self, memories: list[dict]) -> None:
+        """What long-term memory put beside the question, so the user sees why the answer knows it."""
+        from datetime import datetime
+
+        self.memories = list(memories)
+        lines = []
+        for m in memories:
+            where = f"chat {m['chat_id']}" if m.get("chat_id") else "you told me"
+            text = html.escape(" ".join(m["text"].split())[:160])
+            lines.append(f"{datetime.fromtimestamp(m['when']):%d %b %Y}, {where}: {text}")
+        self.memories_label.setText('<p style="color:gray;"><b>Remembered</b> (Chat ▸ Memory… to manage)<br>'
+                                    + "<br>".join(lines) + "</p>")
+        self.memories_label.setVisible(bool(memories))
+
     def _open_source(self, href: str) -> None:
         from PySide6.QtCore import QUrl
         from PySide6.QtGui import QDesktopServices
@@ -241,6 +262,7 @@ class ChatView(QScrollArea):
         self._sources: list[dict] = []
         self._dropped: list[dict] = []
         self._whole: str | None = None
+        self._memories: list[dict] = []
         self._pending = ""
         # Re-rendering Markdown on every token is wasteful; 25 frames a second reads as smooth.
         self._render_timer = QTimer(self)
@@ -285,8 +307,14 @@ class ChatView(QScrollArea):
             bubble.set_meta(meta)
         if bubble is not None and (self._sources or self._dropped):
             bubble.show_sources(self._sources, self._dropped, self._whole)
-        self._sources, self._dropped, self._whole = [], [], None
+        if bubble is not None and self._memories:
+            bubble.show_memories(self._memories)
+        self._sources, self._dropped, self._whole, self._memories = [], [], None, []
         return bubble
+
+    def set_recalled(self, event) -> None:
+        """The Recalled event of the answer being written: shown under it once it is complete."""
+        self._memories = list(event.memories)
 
     def add_step(self, event) -> None:
         """An AgentStep of the answer being written, shown as it happens."""

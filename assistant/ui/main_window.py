@@ -113,6 +113,8 @@ class MainWindow(QMainWindow):
         w.step.connect(self.chat.add_step)
         w.confirmRequested.connect(self._confirm_code)
         w.trimmed.connect(self._on_trimmed)
+        w.recalled.connect(self.chat.set_recalled)
+        w.summarised.connect(self._on_summarised)
         w.finished.connect(self._on_finished)
         w.failed.connect(self._on_failed)
         w.idle.connect(self._on_idle)
@@ -284,6 +286,8 @@ class MainWindow(QMainWindow):
         self._action(chat_menu, "&Regenerate", self.regenerate, "Ctrl+R")
         self._action(chat_menu, "Focus &input", self.input.setFocus, "Ctrl+L")
         self._action(chat_menu, "Search &chats", self.search.setFocus, QKeySequence.Find)
+        chat_menu.addSeparator()
+        self._action(chat_menu, "&Memory…", self.open_memory, "Ctrl+M")
         help_menu = menu.addMenu("&Help")
         self._action(help_menu, "&About", self.about)
         QShortcut(QKeySequence("Ctrl+Return"), self, activated=self.send)
@@ -338,6 +342,14 @@ class MainWindow(QMainWindow):
         self.progress.setVisible(False)
         self.model_label.setText("No model loaded")
         self.chat.add("error", message + "\nChoose another model in Settings (Ctrl+,) or drop a .gguf file on the window.")
+
+    def _on_summarised(self, event) -> None:
+        note = self.chat.add(
+            "notice",
+            f"The first {event.messages} messages of this chat no longer fit the model's context, so the model "
+            "wrote notes on them that stand in for them from now on. They are still saved here.",
+        )
+        note.setToolTip(event.summary)
 
     def _on_trimmed(self, event: ContextTrimmed) -> None:
         self.context_label.setToolTip(f"{event.dropped_messages} older messages are not in the model's view")
@@ -563,6 +575,8 @@ class MainWindow(QMainWindow):
                 bubble = self.chat.add(m.role, m.content, m.id)
                 for step in m.meta.get("steps", []) if m.role == "assistant" else []:
                     bubble.add_step(step)
+                if m.role == "assistant" and m.meta.get("memories"):
+                    bubble.show_memories(m.meta["memories"])
                 if m.role == "assistant" and (m.meta.get("sources") or m.meta.get("dropped")):
                     bubble.show_sources(m.meta.get("sources", []), m.meta.get("dropped", []),
                                         m.meta.get("whole_document"))
@@ -585,6 +599,16 @@ class MainWindow(QMainWindow):
         menu.addAction("Delete", lambda: self.delete_chat(conversation_id))
         menu.exec(self.conversation_list.mapToGlobal(pos))
 
+    def open_memory(self) -> None:
+        from assistant.ui.memory_panel import MemoryPanel
+
+        if self.assistant is None:
+            return
+        panel = MemoryPanel(self.assistant, self.tasks, self.settings, self.conversation_id, self)
+        panel.settingsChanged.connect(self.apply_settings)
+        self.memory_panel = panel  # kept for tests and so it is not collected while open
+        panel.open()
+
     def rename_chat(self, conversation_id: int, current: str) -> None:
         title, ok = QInputDialog.getText(self, "Rename chat", "Title:", text=current)
         if ok and title.strip():
@@ -601,7 +625,7 @@ class MainWindow(QMainWindow):
             self.conversation_id = None
             self._cancel_edit()
             self.chat.clear()
-        self.tasks.submit(lambda: self.assistant.conversations.delete(conversation_id),
+        self.tasks.submit(lambda: self.assistant.delete_conversation(conversation_id),
                           lambda _: self.refresh_conversations(select_first=True))
 
     def export_chat(self, kind: str, conversation_id: int | None = None) -> None:

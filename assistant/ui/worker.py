@@ -10,7 +10,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 from assistant.config import Settings
 from assistant.core import Assistant
 from assistant.errors import AssistantError, SettingsError
-from assistant.events import AgentStep, ContextTrimmed, Done, Error, Sources, Token
+from assistant.events import AgentStep, ContextTrimmed, Done, Error, Recalled, Sources, Summarised, Token
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,8 @@ class ModelWorker(QObject):
     step = Signal(object)  # AgentStep: a tool call and what it returned
     confirmRequested = Signal(str, object)  # tool, its arguments: the UI answers with decide()
     trimmed = Signal(object)  # ContextTrimmed
+    recalled = Signal(object)  # Recalled: long-term memories given with the question
+    summarised = Signal(object)  # Summarised: the chat's early turns now stand as notes
     finished = Signal(object)  # Done
     failed = Signal(str)
     idle = Signal()  # a run is over, whatever its outcome; always after its finished/failed
@@ -124,6 +126,10 @@ class ModelWorker(QObject):
                     self.step.emit(event)
                 elif isinstance(event, ContextTrimmed):
                     self.trimmed.emit(event)
+                elif isinstance(event, Recalled):
+                    self.recalled.emit(event)
+                elif isinstance(event, Summarised):
+                    self.summarised.emit(event)
                 elif isinstance(event, Done):
                     self.finished.emit(event)
                 elif isinstance(event, Error):
