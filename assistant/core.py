@@ -7,6 +7,7 @@ events (assistant.events); nothing here imports Qt.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -46,11 +47,14 @@ MEMORY_HEADER = ("From earlier conversations with this user (your long-term memo
                  "use it only where it helps):")
 SUMMARY_WORDS = 150
 SUMMARY_PROMPT = (
-    "Below is the earlier part of a conversation between a user and an assistant{notes}. Write short notes on it, "
-    f"at most {SUMMARY_WORDS} words: keep every fact the user gave about themselves, other people or their work "
-    "(names, numbers, dates, places, preferences) and anything decided or promised. Write only the notes.\n\n"
-    "{previous}Conversation:\n{turns}"
+    "Here is the earlier part of a conversation between a user and an assistant.\n\n<conversation>\n{turns}\n"
+    "</conversation>\n\n{previous}Write notes on it for the assistant to remember, at most {words} words, as a "
+    "list. Keep every fact the user gave about themselves or other people (names, places, numbers, dates, "
+    "preferences) and anything decided or promised. Leave out small talk and general advice. Never repeat a note."
 )
+QUOTE = "The user said: "
+# A sentence of the user's in the first person that is not a question: most likely a fact about them.
+_FIRST_PERSON = re.compile(r"\b(my|i|i'm|i've|i'd|we|we're|our|mine)\b", re.I)
 
 
 # Settings that need the model reloaded when they change.
@@ -632,23 +636,36 @@ class Assistant:
         return ([{"role": "system", "content": prompt}] if prompt else []) + history
 
     def _summarise(self, previous: str, messages: list, stop: threading.Event | None) -> str:
-        """Notes on these turns (and the notes before them), written by the model; "" if it could not."""
+        """Notes on these turns (and the notes before them); "" if the model could not write them.
+
+        Two parts: what the user said about themselves, quoted (first-person statements, so a fact never
+        depends on a small model noticing it), then the model's own notes on the rest.
+        """
         engine = self.engine
         room = engine.n_ctx // 2  # the prompt's share; the notes and the template need the rest
-        notes = previous
+        quotes = [line for line in previous.splitlines() if line.startswith(QUOTE)]
+        notes = "\n".join(line for line in previous.splitlines() if not line.startswith(QUOTE))
         batch: list[str] = []
 
         def flush() -> str:
-            prompt = SUMMARY_PROMPT.format(notes=", and your notes on what came before" if notes else "",
-                                           previous=f"Notes so far:\n{notes}\n\n" if notes else "",
-                                           turns="\n".join(batch))
-            generation = engine.generate(engine.tokenize(engine.render([{"role": "user", "content": prompt}])),
-                                         max_tokens=min(2 * SUMMARY_WORDS, engine.n_ctx // 4), temperature=0.0,
-                                         stop=stop)
-            text = "".join(generation).strip()
-            return text if generation.stats.finish_reason != "cancelled" else ""
+            prompt = SUMMARY_PROMPT.format(
+                turns="\n".join(batch), words=SUMMARY_WORDS,
+                previous=f"Your notes on what came before it (keep what they say):\n{notes}\n\n" if notes else "")
+            # The reply starts as a list, so even a small model writes notes rather than more conversation.
+            head = engine.render([{"role": "user", "content": prompt}]) + "Notes:\n-"
+            generation = engine.generate(engine.tokenize(head), max_tokens=min(2 * SUMMARY_WORDS, engine.n_ctx // 4),
+                                         temperature=0.0, stop=stop)
+            if generation.stats.finish_reason == "cancelled":
+                return ""
+            # Small models loop; a note said twice says nothing more.
+            lines = dict.fromkeys(line.strip() for line in ("-" + "".join(generation)).splitlines()
+                                  if len(line.strip(" -")) > 1)
+            return "\n".join(lines)
 
         for m in messages:
+            if m.role == "user":
+                quotes += [f'{QUOTE}"{s}"' for s in re.split(r"(?<=[.!?])\s+", " ".join(m.content.split()))
+                           if _FIRST_PERSON.search(s) and not s.endswith("?") and 8 <= len(s) <= 300]
             # The user's own words carry the facts; long answers are cut to their start.
             limit = 800 if m.role == "user" else 300
             line = f"{'User' if m.role == 'user' else 'Assistant'}: {' '.join(m.content.split())[:limit]}"
@@ -660,7 +677,12 @@ class Assistant:
             batch.append(line)
         if batch:
             notes = flush()
-        return notes
+            if not notes:
+                return ""
+        quotes = list(dict.fromkeys(quotes))
+        while quotes and engine.count_tokens("\n".join(quotes)) > engine.n_ctx // 8:
+            quotes.pop(_least_specific(quotes))
+        return "\n".join([*quotes, notes])
 
     def _fit(self, messages: list[dict[str, str]]) -> tuple[list[int], int, int]:
         """Tokens of the prompt, leaving out the oldest turns until it fits with room to reply.
@@ -743,6 +765,16 @@ def _alternating(messages: list) -> list:
         else:
             kept.append(m)
     return kept
+
+
+def _least_specific(quotes: list[str]) -> int:
+    """The index of the quote with the fewest names and numbers in it (the latest of equals goes first)."""
+    def specific(q: str) -> int:
+        words = q[len(QUOTE):].split()
+        return sum(1 for w in words[1:] if w[:1].isupper() or any(c.isdigit() for c in w))
+    scores = [specific(q) for q in quotes]
+    low = min(scores)
+    return max(i for i, score in enumerate(scores) if score == low)
 
 
 def _dicts(messages: list) -> list[dict[str, str]]:
