@@ -6,9 +6,9 @@ errands), plus the 40 statements of bench/data/memory_pairs.jsonl, each a fact a
 paired with a question asked later in another. Then, side by side from the same run:
 
 1. latency: Assistant.recall (embed the question, hybrid FAISS + FTS5 search, similarity floor) over all
-   40 questions after a warm-up, p50 and p95, beside its two parts measured alone: embedding the question
+   40 questions, three times, after a warm-up, p50 and p95, beside its two parts measured alone: embedding the question
    and an exact FAISS search of the same vector. Target: p95 < 30 ms.
-2. quality: recall@1 and recall@5 of each question's statement among the 10,040 memories, for the hybrid
+2. quality: recall@1, @3 (what the app puts in the prompt) and @5 of each question's statement among the 10,040 memories, for the hybrid
    search the app uses beside dense-only and keyword-only search of the same store.
 
 This is a benchmark, not a test: it reports and never fails on a slow figure.
@@ -31,6 +31,7 @@ EXCHANGES = 10_000
 QUICK_EXCHANGES = 1_000
 TARGET_P95_S = 0.030
 WARM_UP = 10
+PASSES = 3  # over the 40 questions, so p95 is not one unlucky sample
 
 # Distractors: the same kinds of things the 40 statements say, about other people, places and numbers.
 _NAMES = ["Anna", "Ben", "Chloe", "Dmitri", "Elif", "Farah", "Goran", "Hiro", "Ines", "Jakob", "Kofi", "Lena",
@@ -105,7 +106,7 @@ def run(exchanges: int) -> dict[str, Any]:
         assistant.recall(q)
     recall_s, embed_s, faiss_s = [], [], []
     store, embedder = assistant.documents, assistant.embedder
-    for q in questions:
+    for q in questions * PASSES:
         t0 = time.perf_counter()
         assistant.recall(q)
         recall_s.append(time.perf_counter() - t0)
@@ -118,12 +119,13 @@ def run(exchanges: int) -> dict[str, Any]:
 
     quality = {}
     for mode in ("hybrid", "dense", "keyword"):
-        at1 = at5 = 0
+        at1 = at3 = at5 = 0
         for q, key in gold.items():
             keys = [m.key for m in memory.recall(q, k=5, min_similarity=-1.0, mode=mode)]
             at1 += bool(keys) and keys[0] == key
+            at3 += key in keys[:3]
             at5 += key in keys
-        quality[mode] = {"recall_at_1": at1 / len(gold), "recall_at_5": at5 / len(gold)}
+        quality[mode] = {"recall_at_1": at1 / len(gold), "recall_at_3": at3 / len(gold), "recall_at_5": at5 / len(gold)}
     floor = assistant.settings.memory_min_similarity
     kept = sum(any(m.key == key for m in memory.recall(q, k=3, min_similarity=floor)) for q, key in gold.items())
     assistant.close()
@@ -131,7 +133,7 @@ def run(exchanges: int) -> dict[str, Any]:
     def stats(values: list[float]) -> dict[str, float]:
         return {"p50": statistics.median(values), "p95": percentile(values, 0.95)}
 
-    return {"memories": len(rows), "fill_s": fill_s, "questions": len(questions),
+    return {"memories": len(rows), "fill_s": fill_s, "questions": len(questions), "timed_recalls": len(recall_s),
             "recall_s": stats(recall_s), "embed_s": stats(embed_s), "faiss_s": stats(faiss_s),
             "quality": quality, "as_the_app_recalls": {"floor": floor, "k": 3, "found": kept / len(gold)}}
 
@@ -146,7 +148,7 @@ def render(r: dict[str, Any]) -> str:
                  "met" if r["recall_s"]["p95"] < TARGET_P95_S else "missed"))
     rows.append(("  of which embedding the question, p50", "", f"{r['embed_s']['p50'] * ms:.1f} ms", ""))
     q = r["quality"]
-    for at in ("recall_at_1", "recall_at_5"):
+    for at in ("recall_at_1", "recall_at_3", "recall_at_5"):
         rows.append((f"{at.replace('_at_', '@')} ({r['questions']} questions), hybrid", f"{q['hybrid'][at]:.3f}",
                      f"dense {q['dense'][at]:.3f} / keyword {q['keyword'][at]:.3f}", ""))
     a = r["as_the_app_recalls"]

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 MEMORY = "~memory"  # "~": the app's own collection, never listed or searched as documents
+POOL = 30  # candidates from each search before fusion (documents use 100): a third of the time, same recall here
 EXCHANGE_CHARS = 1200  # of one exchange; the embedder reads 256 tokens, the prompt gets the first part
 _REMEMBER = re.compile(r"^\s*(?:please\s+)?(?:remember|note|keep in mind)\s*(?:that\s+|:\s*)?(.+)", re.I | re.S)
 
@@ -81,7 +82,7 @@ class LongTermMemory:
         return self._embedder()
 
     def count(self) -> int:
-        return sum(c.documents for c in self.documents.list_collections(hidden=True) if c.name == MEMORY)
+        return self.documents.document_count(MEMORY)
 
     def _add(self, path: str, text: str) -> Memory:
         from assistant.rag.store import NewDocument
@@ -150,7 +151,7 @@ class LongTermMemory:
 
         if not query.strip() or not self.count():
             return []
-        hits = search(self.documents, self.embedder, query, MEMORY, k + len(skip), mode)
+        hits = search(self.documents, self.embedder, query, MEMORY, k + len(skip), mode, pool=POOL)
         out = []
         for hit in hits:
             if hit.file in skip or (hit.similarity is not None and hit.similarity < min_similarity):

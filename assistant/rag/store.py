@@ -252,6 +252,12 @@ class DocumentStore:
         ).fetchall()
         return [DocumentInfo(*tuple(r)) for r in rows]
 
+    def document_count(self, collection: str) -> int:
+        cid = self.collection_id(collection)
+        if cid is None:
+            return 0
+        return self.db.connect().execute("SELECT COUNT(*) FROM documents WHERE collection_id = ?", (cid,)).fetchone()[0]
+
     def document(self, collection: str, path: str | Path) -> DocumentInfo | None:
         cid = self.collection_id(collection)
         if cid is None:
