@@ -938,5 +938,7 @@ class MainWindow(QMainWindow):
         self.speech_thread.quit()
         self.speech_thread.wait(10_000)  # cancel lands within one Whisper segment
         QApplication.instance().removeEventFilter(self)
-        self.tasks.wait(3000)
+        if self.assistant is not None:  # the last exchange may still be on its way into long-term memory
+            self.tasks.submit(self.assistant.wait_for_memory)
+        self.tasks.wait(10_000)
         super().closeEvent(event)
