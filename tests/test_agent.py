@@ -85,7 +85,9 @@ def test_the_grammar_names_only_enabled_tools() -> None:
     assert '"search_documents"' in grammar and '"python"' not in grammar
     assert "action" not in step_grammar(tools, final_only=True)
     native = native_grammar(tools)
-    assert '"search_documents"' in native and '"python"' not in native
+    assert '\\"search_documents\\"' in native and "python" not in native
+    # Each tool's arguments are its own: read_document takes an integer chunk_id, nothing else.
+    assert '"\\"chunk_id\\"" ":" ws integer' in grammar and '"\\"code\\""' not in grammar
     assert "tool_call" not in native_grammar(tools, final_only=True)
 
 

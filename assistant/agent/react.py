@@ -54,18 +54,57 @@ value ::= object | array | string | number | ( "true" | "false" | "null" )
 array ::= "[" ws ( value ws ( "," ws value ws )* )? "]"
 string ::= "\"" ( [^"\\\x7F\x00-\x1F] | "\\" ( ["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] ) )* "\"" ws
 number ::= "-"? [0-9]+ ( "." [0-9]+ )? ( [eE] [-+]? [0-9]+ )? ws
+integer ::= "-"? [0-9]+ ws
+boolean ::= ( "true" | "false" ) ws
 ws ::= [ ]?
 '''
+_TYPED = {"string": "string", "integer": "integer", "number": "number", "boolean": "boolean", "array": "array",
+          "object": "object"}
+
+
+def _literal(text: str) -> str:
+    """text as a GBNF string literal (JSON's escapes are GBNF's)."""
+    return json.dumps(text)
+
+
+def _value_rule(schema: dict) -> str:
+    enum = schema.get("enum")
+    if isinstance(enum, list) and enum and all(isinstance(v, (str, int, float)) for v in enum):
+        return "( " + " | ".join(_literal(json.dumps(v)) for v in enum) + " ) ws"
+    kind = schema.get("type")
+    return _TYPED.get(kind, "value") if isinstance(kind, str) else "value"
+
+
+def _call_rules(tools: dict[str, Tool], native: bool) -> str:
+    """One rule per tool: its name, then an arguments object whose keys are that tool's own parameters,
+    each value of its type. Without this a small model carries the worked example's {"code": ...} over
+    to every other tool (seen on BFCL: 17 of 30 wrong calls, most of them so)."""
+    rules, calls = [], []
+    for i, tool in enumerate(tools.values()):
+        properties = tool.parameters.get("properties") or {}
+        if properties:
+            pairs = " | ".join(f"{_literal(json.dumps(name))} \":\" ws {_value_rule(prop if isinstance(prop, dict) else {})}"
+                               for name, prop in properties.items())
+            repeat = f'( pair{i} ( "," ws pair{i} )* )'
+            body = repeat if tool.parameters.get("required") else repeat + "?"
+            rules.append(f"pair{i} ::= {pairs}")
+            rules.append(f'args{i} ::= "{{" ws {body} "}}"')
+        else:
+            rules.append(f'args{i} ::= "{{" ws "}}"')
+        if native:
+            rules.append(f'call{i} ::= "<tool_call>\\n{{\\"name\\": " {_literal(json.dumps(tool.name))} '
+                         f'", \\"arguments\\": " args{i} "}}\\n</tool_call>"')
+        else:
+            rules.append(f'call{i} ::= "Action: " {_literal(tool.name)} "\\nAction Input: " args{i} "\\n"')
+        calls.append(f"call{i}")
+    return "\n".join(rules) + "\n" + ("call" if native else "action") + " ::= " + " | ".join(calls) + "\n"
 
 
 def step_grammar(tools: dict[str, Tool], final_only: bool = False) -> str:
-    names = " | ".join(json.dumps(name) for name in tools)
     final = 'final ::= "Final Answer: " [^\\n]+ ( "\\n" [^\\n]+ )*\n'
     if final_only or not tools:
         return 'root ::= "Thought: " [^\\n]+ "\\n" final\n' + final
-    return ('root ::= "Thought: " [^\\n]+ "\\n" ( action | final )\n'
-            'action ::= "Action: " tool "\\nAction Input: " object "\\n"\n'
-            f"tool ::= {names}\n" + final + _JSON)
+    return 'root ::= "Thought: " [^\\n]+ "\\n" ( action | final )\n' + _call_rules(tools, False) + final + _JSON
 
 
 @dataclass
@@ -172,10 +211,7 @@ def native_grammar(tools: dict[str, Tool], final_only: bool = False) -> str:
     answer = 'answer ::= [^<{`\\n] [^\\n]* ( "\\n" [^\\n]* )*\n'
     if final_only or not tools:
         return "root ::= answer\n" + answer
-    names = " | ".join(json.dumps(name) for name in tools)
-    return ('root ::= call | answer\n'
-            'call ::= "<tool_call>\\n{\\"name\\": \\"" tool "\\", \\"arguments\\": " object "}\\n</tool_call>"\n'
-            f"tool ::= {names}\n" + answer + _JSON)
+    return "root ::= call | answer\n" + _call_rules(tools, True) + answer + _JSON
 
 
 def parse_native(text: str) -> Parsed:
