@@ -250,18 +250,24 @@ def test_the_window_shows_each_step_folded_and_keeps_them(qtbot, qwen: Path, iso
     qtbot.waitUntil(lambda: expected in w.sandbox_label.text(), timeout=10_000)
     w.input.setPlainText("What is 1234 times 5678, minus 91?")
     qtbot.keyClick(w.input, Qt.Key_Return)
-    qtbot.waitUntil(lambda: not w.busy and any(b.role == "assistant" and b.text for b in w.chat.bubbles),
-                    timeout=300_000)
-    answer = [b for b in w.chat.bubbles if b.role == "assistant"][-1]
+    # When the answer ends the window re-reads the chat from disk (to learn the saved message ids); wait for
+    # that redrawn, saved bubble to be on screen: a widget added to a shown window is shown a moment later.
+    def saved_answer():
+        done = [b for b in w.chat.bubbles if b.role == "assistant" and b.text and b.message_id is not None]
+        return done[-1] if done and not w.busy and done[-1].isVisible() else None
+
+    qtbot.waitUntil(lambda: saved_answer() is not None, timeout=300_000)
+    answer = saved_answer()
     assert "7006561" in answer.text.replace(",", "")
+    # Saved with the answer: the steps came back when the chat was read again.
     headers = answer.findChildren(QToolButton, "step")
     assert headers and "python" in headers[0].text()
     detail = answer.findChildren(QLabel, "step_detail")[0]
+    qtbot.waitUntil(headers[0].isVisible, timeout=5_000)
     assert not detail.isVisible()
     qtbot.mouseClick(headers[0], Qt.LeftButton)
-    assert detail.isVisible() and "7006561" in detail.text() and "1234" in detail.text()
-    # Saved with the answer: the steps come back when the chat is read again.
-    qtbot.waitUntil(lambda: answer.message_id is not None or not w.chat.bubbles, timeout=10_000)
+    qtbot.waitUntil(detail.isVisible, timeout=5_000)
+    assert "7006561" in detail.text() and "1234" in detail.text()
     w._reload_messages()
     qtbot.waitUntil(lambda: any(b.findChildren(QToolButton, "step") for b in w.chat.bubbles if b.role == "assistant"
                                 and b is not answer), timeout=10_000)

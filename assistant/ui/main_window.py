@@ -388,7 +388,7 @@ class MainWindow(QMainWindow):
             self.close()
             return
         if self._answered:  # after a failure, keep the error on screen instead of re-reading the chat
-            self._reload_messages()  # picks up saved message ids (edit needs them)
+            self._reload_messages(keep_bubbles=True)  # picks up saved message ids (edit needs them)
         self.refresh_conversations()  # and new titles
 
     def _set_busy(self, busy: bool) -> None:
@@ -559,7 +559,9 @@ class MainWindow(QMainWindow):
         self.conversation_id = conversation_id
         self._reload_messages()
 
-    def _reload_messages(self) -> None:
+    def _reload_messages(self, keep_bubbles: bool = False) -> None:
+        """Re-read the chat from disk. keep_bubbles: when the bubbles on screen already show exactly these
+        messages, only give them their saved ids, so an answer does not flicker or fold its opened steps."""
         conversation_id = self.conversation_id
         if conversation_id is None:
             return
@@ -567,6 +569,12 @@ class MainWindow(QMainWindow):
         def show(messages) -> None:
             if conversation_id != self.conversation_id or self.busy:
                 return  # the user moved on while the messages were read
+            shown = [m for m in messages if m.role != "system"]
+            if keep_bubbles and len(shown) == len(self.chat.bubbles) and all(
+                    b.role == m.role and b.text == m.content for b, m in zip(self.chat.bubbles, shown)):
+                for b, m in zip(self.chat.bubbles, shown):
+                    b.message_id = m.id
+                return
             self._cancel_edit()
             self.chat.clear()
             for m in messages:
