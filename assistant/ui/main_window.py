@@ -571,8 +571,8 @@ class MainWindow(QMainWindow):
                 return  # the user moved on while the messages were read
             shown = [m for m in messages if m.role != "system"]
             if keep_bubbles and len(shown) == len(self.chat.bubbles) and all(
-                    b.role == m.role and b.text == m.content for b, m in zip(self.chat.bubbles, shown)):
-                for b, m in zip(self.chat.bubbles, shown):
+                    b.role == m.role and b.text == m.content for b, m in zip(self.chat.bubbles, shown, strict=True)):
+                for b, m in zip(self.chat.bubbles, shown, strict=True):
                     b.message_id = m.id
                 return
             self._cancel_edit()
