@@ -1,3 +1,3 @@
 """assistant: a private, local desktop LLM assistant."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

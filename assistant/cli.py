@@ -31,7 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="assistant", description="A private, local LLM assistant.")
     parser.add_argument("--version", action="version", version=f"assistant {__version__}")
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("gui", help="open the window (the default)")
+    gui = sub.add_parser("gui", help="open the window (the default)")
+    gui.add_argument("--check", metavar="QUESTION",
+                     help="open the window, answer QUESTION, print the timings as JSON and quit (installs, bench)")
 
     chat = sub.add_parser("chat", help="chat in the terminal, streaming")
     chat.add_argument("--model", help="a GGUF file to use instead of the one in Settings")
@@ -136,7 +138,8 @@ def _gui(args: argparse.Namespace) -> int:
         return 1
     from assistant.ui.app import main as gui_main
 
-    return gui_main()
+    check = getattr(args, "check", None)
+    return gui_main(sys.argv[:1] + (["--check", check] if check is not None else []))
 
 
 def _ask(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful, concise assistant running privately 
 
 
 def data_dir() -> Path:
-    """The folder for the database, models and settings (created if missing)."""
+    """The folder for the database, documents' index and models (created if missing)."""
     override = os.environ.get("ASSISTANT_HOME")
     if override:
         path = Path(override).expanduser()
@@ -30,6 +30,41 @@ def data_dir() -> Path:
         from platformdirs import user_data_dir
 
         path = Path(user_data_dir("assistant", appauthor=False))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _own_folder(home: Path | None) -> bool:
+    """True where one folder holds everything: ASSISTANT_HOME (tests, a portable install) or a home the
+    caller chose. Otherwise settings and logs go where the platform keeps them."""
+    if os.environ.get("ASSISTANT_HOME"):
+        return True
+    if home is None:
+        return False
+    from platformdirs import user_data_dir
+
+    return Path(home).resolve() != Path(user_data_dir("assistant", appauthor=False)).resolve()
+
+
+def config_dir(home: Path | None = None) -> Path:
+    """settings.toml's folder: ~/.config/assistant, %APPDATA%\\assistant, ~/Library/Application Support/assistant."""
+    if _own_folder(home):
+        return home or data_dir()
+    from platformdirs import user_config_dir
+
+    path = Path(user_config_dir("assistant", appauthor=False))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def logs_dir(home: Path | None = None) -> Path:
+    """The log and crash reports' folder: ~/.local/state/assistant/log, ...\\Logs, ~/Library/Logs/assistant."""
+    if _own_folder(home):
+        path = (home or data_dir()) / "logs"
+    else:
+        from platformdirs import user_log_dir
+
+        path = Path(user_log_dir("assistant", appauthor=False))
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -45,7 +80,16 @@ def models_dir(home: Path | None = None) -> Path:
 
 
 def settings_path(home: Path | None = None) -> Path:
-    return (home or data_dir()) / "settings.toml"
+    path = config_dir(home) / "settings.toml"
+    if not _own_folder(home):
+        # Before 0.2 settings lived beside the data: move them once, keeping the user's choices.
+        old = data_dir() / "settings.toml"
+        if old.exists() and not path.exists():
+            try:
+                os.replace(old, path)
+            except OSError:
+                return old
+    return path
 
 
 @dataclass

@@ -935,9 +935,11 @@ class MainWindow(QMainWindow):
             # Stop lands within a token; the window closes when the worker says it is idle.
             event.ignore()
             return
+        self.hide()  # gone at once for the user; what is left is joining threads and saving memory
         self.worker_thread.quit()
         if not self.worker_thread.wait(10_000):
             event.ignore()  # destroying a running QThread aborts the process: better to stay open
+            self.show()
             self.closing = False
             self.statusBar().showMessage("Still finishing model work; try closing again in a moment.", 5000)
             return
