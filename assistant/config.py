@@ -106,6 +106,8 @@ class Settings:
     max_tokens: int = 512
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     theme: str = "system"  # system | light | dark
+    font_scale: int = 100  # per cent of the desktop's font size (View ▸ Bigger text, Ctrl++)
+    welcomed: bool = False  # the first-run screen has been dismissed
     top_k: int = 5  # passages from the user's documents given to the model
     search_mode: str = "hybrid"  # hybrid | dense | keyword
     min_similarity: float = 0.25  # below this cosine, a passage is not about the question
@@ -138,6 +140,7 @@ class Settings:
             (0.0 <= self.temperature <= 5.0, f"Temperature must be between 0 and 5, not {self.temperature}."),
             (0.0 < self.top_p <= 1.0, f"Top-p must be above 0 and at most 1, not {self.top_p}."),
             (1 <= self.max_tokens <= 1_048_576, f"Max tokens must be at least 1, not {self.max_tokens}."),
+            (50 <= self.font_scale <= 300, f"Text size must be between 50 and 300 per cent, not {self.font_scale}."),
             (self.theme in ("system", "light", "dark"), f"Theme must be system, light or dark, not {self.theme!r}."),
             (1 <= self.top_k <= 50, f"Passages per answer must be between 1 and 50, not {self.top_k}."),
             (self.search_mode in ("hybrid", "dense", "keyword"),

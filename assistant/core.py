@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from assistant.config import Settings, data_dir, db_path
-from assistant.errors import AssistantError, ContextOverflowError
+from assistant.errors import AssistantError, ContextOverflowError, WontFitError
 from assistant.events import (
     AgentStep,
     ContextTrimmed,
@@ -88,15 +88,33 @@ class Assistant:
         return default_model_path()
 
     def load_model(
-        self, progress: Callable[[float], None] | None = None, cancel: threading.Event | None = None
+        self, progress: Callable[[float], None] | None = None, cancel: threading.Event | None = None,
+        force: bool = False,
     ) -> LoadReport:
-        """(Re)load the model the settings name. Slow: never call it on a UI thread."""
+        """(Re)load the model the settings name. Slow: never call it on a UI thread.
+        Unless force, first check from its header that it fits free memory: WontFitError if not."""
+        from dataclasses import replace
+
+        from assistant.llm import hardware
+        from assistant.llm.engine import supports_gpu_offload
+        from assistant.llm.gguf_info import read_model_info
+
         self.unload_model()
         s = self.settings
+        path = self.model_path()
+        if not force:
+            fit = hardware.check_fit(read_model_info(path, cache_dir=self.home), s.n_ctx, s.n_gpu_layers)
+            if not fit.ok:
+                raise WontFitError(fit.message, fit.context_that_fits)
         self.engine = Engine(
-            self.model_path(), n_ctx=s.n_ctx, n_threads=s.n_threads, n_gpu_layers=s.n_gpu_layers,
+            path, n_ctx=s.n_ctx, n_threads=s.n_threads, n_gpu_layers=s.n_gpu_layers,
             flash_attn=s.flash_attn, progress=progress, cancel=cancel,
         )
+        report = self.engine.report
+        note = hardware.gpu_note(s.n_gpu_layers, report.gpu_layers_offloaded, supports_gpu_offload(),
+                                 hardware.nvidia_gpus())
+        self.engine.report = replace(report, gpu_note=note)
+        log.info("Loaded %s in %.2f s. %s", report.summary(), report.load_seconds, note)
         return self.engine.report
 
     def unload_model(self) -> None:

@@ -13,6 +13,14 @@ class ModelError(AssistantError):
     """A model file is missing, damaged, not GGUF, or could not be loaded."""
 
 
+class WontFitError(ModelError):
+    """A model would not fit this machine's free memory at the chosen context (checked before loading)."""
+
+    def __init__(self, message: str, context_that_fits: int | None = None) -> None:
+        super().__init__(message)
+        self.context_that_fits = context_that_fits
+
+
 class SettingsError(AssistantError):
     """A setting has a value the app cannot use."""
 

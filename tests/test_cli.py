@@ -88,3 +88,28 @@ def test_ctrl_c_stops_the_answer_not_the_chat(isolated_home) -> None:
     out, err = proc.communicate("/quit\n", timeout=60)
     assert proc.returncode == 0, err
     assert "stopped" in err and "Traceback" not in err
+
+
+def test_chats_list_search_export_and_import(isolated_home, tmp_path) -> None:
+    from assistant.memory.conversations import ConversationStore
+
+    store = ConversationStore(isolated_home / "assistant.db")
+    chat = store.create()
+    store.add_message(chat.id, "user", "Which houseplants like shade?")
+    store.add_message(chat.id, "assistant", "Snake plants and ferns tolerate low light.")
+    store.close()
+    listed = assistant("chats", "list", "ferns", home=isolated_home)
+    assert listed.returncode == 0 and "Which houseplants like shade?" in listed.stdout and "ferns" in listed.stdout
+    assert "No chat matches." in assistant("chats", "list", "cactus", home=isolated_home).stdout
+    archive = tmp_path / "chats.json"
+    exported = assistant("chats", "export", str(archive), home=isolated_home)
+    assert exported.returncode == 0 and "Exported 1 chat to" in exported.stdout
+    elsewhere = tmp_path / "elsewhere"
+    assert "Imported 1 chat." in assistant("chats", "import", str(archive), home=elsewhere).stdout
+    again = assistant("chats", "import", str(archive), home=elsewhere)
+    assert "Imported 0 chats; 1 already here, skipped." in again.stdout
+    found = json.loads(assistant("chats", "list", "--json", home=elsewhere).stdout)
+    assert [c["title"] for c in found] == ["Which houseplants like shade?"] and found[0]["message_count"] == 2
+    (tmp_path / "notes.json").write_text("{not json", encoding="utf-8")
+    broken = assistant("chats", "import", str(tmp_path / "notes.json"), home=elsewhere)
+    assert broken.returncode == 1 and "is not a chat export from Assistant" in broken.stderr

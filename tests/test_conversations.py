@@ -137,3 +137,84 @@ def test_kill_9_while_streaming_loses_at_most_that_answer(isolated_home) -> None
         assert messages[2].content.startswith("Now write a very long essay")
     finally:
         store.close()
+
+
+def test_search_finds_chats_by_any_words_in_their_messages(store: ConversationStore) -> None:
+    bread = store.create()
+    store.add_message(bread.id, "user", "How do I bake sourdough bread?")
+    store.add_message(bread.id, "assistant", "Feed the starter, then mix flour and water. Café crème optional.")
+    other = store.create()
+    store.add_message(other.id, "user", "Explain Python list comprehensions")
+    found = store.list("starter flour")  # both words, in a message, not the title
+    assert [c.id for c in found] == [bread.id]
+    assert "starter" in found[0].match and "flour" in found[0].match
+    assert [c.id for c in store.list("sourd")] == [bread.id]  # the start of a word
+    assert [c.id for c in store.list("CAFE")] == [bread.id]  # case and accents ignored
+    assert [c.id for c in store.list("comprehension")] == [other.id]
+    assert store.list("starter python") == []  # every word must be in one message
+    # FTS5's own syntax is plain text here: no input raises.
+    for query in ['"', "NEAR(", "a AND", "*", "bread OR (", "-x", "col:val", "\x00"]:
+        store.list(query)
+    # Deleted messages stop matching (the index follows the table).
+    store.delete_from(bread.id, store.messages(bread.id)[1].id)
+    assert store.list("starter") == []
+
+
+def test_search_index_covers_messages_written_before_it_existed(tmp_path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript("BEGIN;\n" + "\n".join(MIGRATIONS[:4]) + "\nPRAGMA user_version = 4;\nCOMMIT;")
+    conn.execute("INSERT INTO conversations(title, created_at, updated_at) VALUES ('Old chat', 1, 1)")
+    conn.execute("INSERT INTO messages(conversation_id, role, content, created_at) VALUES (1, 'user', 'tell me about "
+                 "lighthouses', 1)")
+    conn.commit()
+    conn.close()
+    store = ConversationStore(path)
+    assert [c.title for c in store.list("lighthouse")] == ["Old chat"]
+    store.close()
+
+
+def test_export_all_and_import_into_another_database(store: ConversationStore, tmp_path) -> None:
+    a = store.create()
+    store.add_message(a.id, "user", "First question")
+    store.add_message(a.id, "assistant", "First answer", {"completion_tokens": 3})
+    b = store.create("Named")
+    store.add_message(b.id, "user", "Second question")
+    store.set_memory(b.id, False)
+    archive = json.loads(json.dumps(store.export_all()))  # through JSON, as a file carries it
+    assert archive["format"] == "assistant.conversations/1" and len(archive["conversations"]) == 2
+
+    other = ConversationStore(tmp_path / "other.db")
+    other.add_message(other.create().id, "user", "Already here")
+    assert other.import_all(archive) == (2, 0)
+    assert other.import_all(archive) == (0, 2)  # importing again adds nothing
+    chats = {c.title: c for c in other.list()}
+    assert set(chats) == {"First question", "Named", "Already here"}
+    assert not chats["Named"].memory and chats["First question"].memory
+    messages = other.messages(chats["First question"].id)
+    assert [(m.role, m.content) for m in messages] == [("user", "First question"), ("assistant", "First answer")]
+    assert messages[1].meta == {"completion_tokens": 3}
+    assert chats["First question"].created_at == store.get(a.id).created_at
+    assert [c.title for c in other.list("second")] == ["Named"]  # imported messages are searchable
+    # One chat's own JSON export imports too.
+    third = ConversationStore(tmp_path / "third.db")
+    assert third.import_all(json.loads(json.dumps(store.export_json(a.id)))) == (1, 0)
+    other.close()
+    third.close()
+
+
+@pytest.mark.parametrize("archive, says", [
+    ([1, 2], "not a JSON object"),
+    ({"format": "something else"}, "not a chat export"),
+    ({"format": "assistant.conversations/1"}, "no list of chats"),
+    ({"format": "assistant.conversations/1", "conversations": [{"title": "x"}]}, "no list of messages"),
+    ({"format": "assistant.conversations/1",
+      "conversations": [{"title": "ok", "messages": [{"role": "user", "content": "fine"}]},
+                        {"title": "bad", "messages": [{"role": "robot", "content": "x"}]}]}, "without a role"),
+])
+def test_a_damaged_archive_says_why_and_adds_nothing(store: ConversationStore, archive, says: str) -> None:
+    from assistant.memory.conversations import ArchiveError
+
+    with pytest.raises(ArchiveError, match=says):
+        store.import_all(archive)
+    assert store.list() == []

@@ -56,6 +56,11 @@ def _llama():
         return _lib
 
 
+def supports_gpu_offload() -> bool:
+    """Whether this build of llama.cpp has a GPU backend (CUDA, Metal, Vulkan...)."""
+    return bool(_llama().llama_supports_gpu_offload())
+
+
 def recent_log(lines: int = 30) -> str:
     """The tail of llama.cpp's own log, for error reports and `--verbose`."""
     return "".join(list(_log_lines)[-lines:])
@@ -84,6 +89,7 @@ class LoadReport:
     n_threads: int
     flash_attn: bool
     load_seconds: float
+    gpu_note: str = ""  # why the model is not (all) on a GPU, when it is not
 
     def summary(self) -> str:
         where = (

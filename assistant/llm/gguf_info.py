@@ -23,7 +23,7 @@ from assistant.errors import ModelError
 from assistant.fileio import atomic_write_text
 
 CACHE_FILE = "model_info_cache.json"
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 _MAGIC = b"GGUF"
 _BLOCK = 1 << 20
 # Chat templates run to tens of KB; anything longer than this is not worth holding for display.
@@ -68,6 +68,13 @@ class ModelInfo:
     n_layers: int | None
     vocab_size: int | None
     chat_template: str | None
+    # For the memory estimate (assistant/llm/hardware.py): the KV cache's width per layer follows from these.
+    embedding_length: int | None = None
+    head_count: int | None = None
+    head_count_kv: int | None = None
+    key_length: int | None = None
+    value_length: int | None = None
+    license: str | None = None  # general.license, as the model's authors wrote it
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -257,6 +264,12 @@ def _read_info(cursor: _Cursor, path: Path) -> ModelInfo:
         n_layers=_int_or_none(values.get(f"{architecture}.block_count")),
         vocab_size=_int_or_none(vocab_size),
         chat_template=_str_or_none(values.get("tokenizer.chat_template")),
+        embedding_length=_int_or_none(values.get(f"{architecture}.embedding_length")),
+        head_count=_int_or_none(values.get(f"{architecture}.attention.head_count")),
+        head_count_kv=_int_or_none(values.get(f"{architecture}.attention.head_count_kv")),
+        key_length=_int_or_none(values.get(f"{architecture}.attention.key_length")),
+        value_length=_int_or_none(values.get(f"{architecture}.attention.value_length")),
+        license=_str_or_none(values.get("general.license")),
     )
 
 

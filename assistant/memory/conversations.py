@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from assistant.errors import NotFoundError
+from assistant.errors import AssistantError, NotFoundError
 from assistant.memory.db import Database
 
 TITLE_CHARS = 60
+
+
+class ArchiveError(AssistantError):
+    """A chat export that cannot be imported."""
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,7 @@ class Conversation:
     memory: bool = True  # this chat is remembered and recalls memories
     summary: str = ""  # of its early turns, once they no longer fit the context
     summary_upto: int = 0  # the id of the last message the summary covers
+    match: str = ""  # from a search: a snippet of the message that matched
 
 
 @dataclass(frozen=True)
@@ -37,8 +43,9 @@ class Message:
 
 
 def _conversation(row) -> Conversation:
+    match = row["match"] if "match" in row.keys() else ""
     return Conversation(row["id"], row["title"], row["created_at"], row["updated_at"], row["n"], bool(row["memory"]),
-                        row["summary"], row["summary_upto"])
+                        row["summary"], row["summary_upto"], match or "")
 
 
 def title_from(text: str) -> str:
@@ -68,12 +75,27 @@ class ConversationStore:
         return _conversation(row)
 
     def list(self, search: str = "", limit: int = 500) -> list[Conversation]:
-        """Newest first; `search` matches titles, case-insensitively."""
+        """Newest first. `search` finds chats whose title holds it or whose messages hold every word of it
+        (word beginnings, case and accents ignored); such a chat's `match` is a snippet of the message."""
+        count = "(SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id) AS n"
+        words = _fts_words(search)
+        if not words:
+            rows = self.db.connect().execute(
+                f"SELECT c.*, {count}, '' AS match FROM conversations c "
+                "WHERE c.title LIKE ? ESCAPE '\\' ORDER BY c.updated_at DESC, c.id DESC LIMIT ?",
+                (f"%{_escape_like(search)}%", limit)).fetchall()
+            return [_conversation(r) for r in rows]
         rows = self.db.connect().execute(
-            "SELECT c.*, (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id) AS n "
-            "FROM conversations c WHERE c.title LIKE ? ESCAPE '\\' ORDER BY c.updated_at DESC, c.id DESC LIMIT ?",
-            (f"%{_escape_like(search)}%", limit),
-        ).fetchall()
+            f"""SELECT c.*, {count},
+                   (SELECT snippet(messages_fts, 0, '', '', '…', 12) FROM messages_fts JOIN messages m
+                    ON m.id = messages_fts.rowid WHERE messages_fts MATCH :q AND m.conversation_id = c.id
+                    ORDER BY m.id DESC LIMIT 1) AS match
+                FROM conversations c
+                WHERE c.title LIKE :title ESCAPE '\\' OR c.id IN (
+                    SELECT m.conversation_id FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid
+                    WHERE messages_fts MATCH :q)
+                ORDER BY c.updated_at DESC, c.id DESC LIMIT :limit""",
+            {"q": words, "title": f"%{_escape_like(search.strip())}%", "limit": limit}).fetchall()
         return [_conversation(r) for r in rows]
 
     def rename(self, conversation_id: int, title: str) -> None:
@@ -158,8 +180,96 @@ class ConversationStore:
             "messages": [asdict(m) for m in self.messages(conversation_id)],
         }
 
+    def export_all(self) -> dict:
+        """Every chat with every message, oldest chat first: a backup, or a move to another computer."""
+        conversations = sorted(self.list(limit=1_000_000), key=lambda c: (c.created_at, c.id))
+        return {
+            "format": ARCHIVE_FORMAT,
+            "exported_at": time.time(),
+            "conversations": [
+                {**_exported(c), "messages": [asdict(m) for m in self.messages(c.id)]} for c in conversations
+            ],
+        }
+
+    def import_all(self, archive: dict) -> tuple[int, int]:
+        """Add the chats of an export_all (or one export_json) archive as new chats; a chat already here
+        (same title, start time and messages) is skipped, so importing twice adds nothing.
+        Returns (imported, skipped). All or nothing: a damaged archive adds no chat."""
+        chats = _archive_chats(archive)
+        conn = self.db.connect()
+        imported = skipped = 0
+        with _transaction(conn):
+            for chat in chats:
+                if self._already_here(chat):
+                    skipped += 1
+                    continue
+                cur = conn.execute(
+                    "INSERT INTO conversations(title, created_at, updated_at, memory) VALUES (?, ?, ?, ?)",
+                    (chat["title"], chat["created_at"], chat["updated_at"], int(chat["memory"])))
+                conn.executemany(
+                    "INSERT INTO messages(conversation_id, role, content, created_at, meta) VALUES (?, ?, ?, ?, ?)",
+                    [(cur.lastrowid, m["role"], m["content"], m["created_at"], json.dumps(m["meta"]))
+                     for m in chat["messages"]])
+                imported += 1
+        return imported, skipped
+
+    def _already_here(self, chat: dict) -> bool:
+        conn = self.db.connect()
+        for row in conn.execute("SELECT id FROM conversations WHERE title = ? AND created_at = ?",
+                                (chat["title"], chat["created_at"])).fetchall():
+            here = [(r["role"], r["content"]) for r in conn.execute(
+                "SELECT role, content FROM messages WHERE conversation_id = ? ORDER BY id", (row["id"],))]
+            if here == [(m["role"], m["content"]) for m in chat["messages"]]:
+                return True
+        return False
+
     def close(self) -> None:
         self.db.close()
+
+
+ARCHIVE_FORMAT = "assistant.conversations/1"
+
+
+def _exported(c: Conversation) -> dict:
+    return {"title": c.title, "created_at": c.created_at, "updated_at": c.updated_at, "memory": c.memory}
+
+
+def _archive_chats(archive: object) -> list[dict]:
+    """The chats in an archive, checked and normalised; ArchiveError says in plain words what is wrong."""
+    if not isinstance(archive, dict):
+        raise ArchiveError("This file is not a chat export from Assistant (it is not a JSON object).")
+    kind = archive.get("format")
+    if kind == "assistant.conversation/1":  # one chat's export
+        chats = [{**archive.get("conversation", {}), "messages": archive.get("messages")}]
+    elif kind == ARCHIVE_FORMAT:
+        chats = archive.get("conversations")
+    else:
+        raise ArchiveError(f"This file is not a chat export from Assistant (its format is {kind!r}).")
+    if not isinstance(chats, list):
+        raise ArchiveError("This chat export is damaged: it has no list of chats.")
+    now = time.time()
+    clean = []
+    for n, chat in enumerate(chats, 1):
+        messages = chat.get("messages") if isinstance(chat, dict) else None
+        if not isinstance(messages, list):
+            raise ArchiveError(f"This chat export is damaged: chat {n} has no list of messages.")
+        out = []
+        for m in messages:
+            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") \
+                    or not isinstance(m.get("content"), str):
+                raise ArchiveError(f"This chat export is damaged: chat {n} has a message without a role and text.")
+            meta = m.get("meta")
+            out.append({"role": m["role"], "content": m["content"], "created_at": _number(m.get("created_at"), now),
+                        "meta": meta if isinstance(meta, dict) else {}})
+        created = _number(chat.get("created_at"), now)
+        clean.append({"title": title_from(str(chat.get("title") or "")) or "Imported chat", "created_at": created,
+                      "updated_at": _number(chat.get("updated_at"), created), "memory": bool(chat.get("memory", True)),
+                      "messages": out})
+    return clean
+
+
+def _number(value: object, default: float) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
 
 
 class _transaction:
@@ -174,6 +284,13 @@ class _transaction:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _fts_words(text: str) -> str:
+    """Every word of text, each a quoted prefix ("word"*), all required; "" when no word is left.
+    Quoting makes FTS5's operators and punctuation plain text, so no input is a syntax error."""
+    words = [w for w in re.findall(r"\w+", text.replace("\0", " "))][:12]
+    return " ".join(f'"{w}"*' for w in words)
 
 
 def _escape_like(text: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -16,7 +17,6 @@ from PySide6.QtWidgets import (
     QInputDialog,
     QLabel,
     QLineEdit,
-    QListWidget,
     QListWidgetItem,
     QMainWindow,
     QMenu,
@@ -36,12 +36,15 @@ from assistant.fileio import atomic_write_text
 from assistant.rag import ALL_COLLECTIONS
 from assistant.speech import AUDIO_SUFFIXES, SAMPLE_RATE
 from assistant.speech.transcriber import clock
+from assistant.ui.chat_list import ChatList
 from assistant.ui.chat_view import ChatView, MessageBubble
 from assistant.ui.documents import DocumentsPanel, start_index_thread
 from assistant.ui.tasks import TaskRunner
 from assistant.ui.voice import Recorder, SpeechWorker, microphone_allowed
+from assistant.ui.welcome import WelcomePanel
 from assistant.ui.worker import ModelWorker
 
+log = logging.getLogger(__name__)
 TALK_KEY = Qt.Key_F2  # hold to talk, wherever the focus is
 SHORT_AUDIO_S = 60.0  # a dropped recording up to this long is a question: its words go into the input box
 
@@ -49,6 +52,20 @@ SHORT_AUDIO_S = 60.0  # a dropped recording up to this long is a question: its w
 def answer_meta(tokens: int, tokens_per_second: float, finish_reason: str) -> str:
     ending = {"cancelled": " · stopped", "length": " · cut short: max tokens or context full"}.get(finish_reason, "")
     return f"{tokens} tokens · {tokens_per_second:.1f} tok/s{ending}"
+
+
+_base_point_size: float | None = None
+
+
+def apply_font_scale(percent: int) -> None:
+    """Scale the whole window's text from the desktop's own size (remembered at the first call)."""
+    global _base_point_size
+    app = QApplication.instance()
+    font = app.font()
+    if _base_point_size is None:
+        _base_point_size = font.pointSizeF() if font.pointSizeF() > 0 else 10.0
+    font.setPointSizeF(_base_point_size * percent / 100)
+    app.setFont(font)
 
 
 class InputBox(QPlainTextEdit):
@@ -69,6 +86,7 @@ class MainWindow(QMainWindow):
     warmRequested = Signal()
     transcribeRequested = Signal(object, float)
     transcribeFileRequested = Signal(str)
+    loadAnywayRequested = Signal()
 
     def __init__(self) -> None:
         super().__init__()
@@ -85,6 +103,7 @@ class MainWindow(QMainWindow):
         self.model_ready = False
         self.editing: MessageBubble | None = None
         self.last_report = None
+        self.wont_fit_box: QMessageBox | None = None
         self.tasks = TaskRunner(self.show_error)
         self.transcribing: str | None = None  # "voice" or the audio file being transcribed
         self.released_at = 0.0  # when the talk button was let go
@@ -108,6 +127,8 @@ class MainWindow(QMainWindow):
         w.loadProgress.connect(self._on_load_progress)
         w.loaded.connect(self._on_loaded)
         w.loadFailed.connect(self._on_load_failed)
+        w.wontFit.connect(self._on_wont_fit)
+        self.loadAnywayRequested.connect(w.load_anyway)
         w.token.connect(self.chat.append_token)
         w.sources.connect(self.chat.set_sources)
         w.step.connect(self.chat.add_step)
@@ -165,10 +186,13 @@ class MainWindow(QMainWindow):
         self.new_button = QPushButton("New chat")
         self.new_button.clicked.connect(self.new_chat)
         self.search = QLineEdit()
-        self.search.setPlaceholderText("Search chats")
+        self.search.setPlaceholderText("Search chats (titles and messages)")
+        self.search.setAccessibleName("Search chats")
         self.search.setClearButtonEnabled(True)
         self.search.textChanged.connect(self.refresh_conversations)
-        self.conversation_list = QListWidget()
+        self.conversation_list = ChatList(self._chat_markdown)
+        self.conversation_list.setAccessibleName("Chats")
+        self.conversation_list.setToolTip("Your chats, newest first. Drag one out to save it as Markdown.")
         self.conversation_list.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.conversation_list.setTextElideMode(Qt.ElideRight)
         self.conversation_list.setContextMenuPolicy(Qt.CustomContextMenu)
@@ -239,6 +263,16 @@ class MainWindow(QMainWindow):
         voice_row.addWidget(self.voice_level)
         voice_row.addWidget(self.voice_cancel)
         self.voice_bar.setVisible(False)
+        for widget, name in [(self.chat, "Conversation"), (self.input, "Message"), (self.mode, "Answer mode"),
+                             (self.new_button, "New chat"), (self.talk_button, "Hold to talk"),
+                             (self.side_tabs, "Chats and documents")]:
+            widget.setAccessibleName(name)
+        self.welcome = WelcomePanel()
+        self.welcome.setVisible(False)  # until the settings say this is a first run
+        self.welcome.start.connect(self.dismiss_welcome)
+        self.welcome.addDocuments.connect(self._welcome_add_documents)
+        self.welcome.tryVoice.connect(self._welcome_try_voice)
+        main_layout.addWidget(self.welcome)
         main_layout.addWidget(self.chat, 1)
         main_layout.addWidget(self.edit_banner)
         main_layout.addWidget(self.voice_bar)
@@ -250,6 +284,11 @@ class MainWindow(QMainWindow):
         splitter.setStretchFactor(1, 1)
         splitter.setSizes([260, 840])
         self.setCentralWidget(splitter)
+        # Tab walks the window in reading order: the chat list side, then the conversation and its controls.
+        chain = [self.new_button, self.search, self.conversation_list, self.chat, self.input, self.send_button,
+                 self.stop_button, self.regenerate_button, self.talk_button, self.mode]
+        for first, second in zip(chain, chain[1:], strict=False):
+            QWidget.setTabOrder(first, second)
 
         self.model_label = QLabel("Starting…")
         self.progress = QProgressBar()
@@ -277,6 +316,8 @@ class MainWindow(QMainWindow):
         self._action(file_menu, "&Download model…", self.download_model)
         self._action(file_menu, "Export chat as &Markdown…", lambda: self.export_chat("md"), "Ctrl+E")
         self._action(file_menu, "Export chat as &JSON…", lambda: self.export_chat("json"))
+        self._action(file_menu, "Export &all chats…", self.export_all_chats)
+        self._action(file_menu, "&Import chats…", self.import_chats)
         file_menu.addSeparator()
         self._action(file_menu, "&Settings…", self.open_settings, "Ctrl+,")
         file_menu.addSeparator()
@@ -288,9 +329,20 @@ class MainWindow(QMainWindow):
         self._action(chat_menu, "Search &chats", self.search.setFocus, QKeySequence.Find)
         chat_menu.addSeparator()
         self._action(chat_menu, "&Memory…", self.open_memory, "Ctrl+M")
+        view_menu = menu.addMenu("&View")
+        self._action(view_menu, "&Chats", lambda: (self.side_tabs.setCurrentIndex(0), self.conversation_list.setFocus()),
+                     "Ctrl+1")
+        self._action(view_menu, "&Documents", lambda: (self.side_tabs.setCurrentWidget(self.documents),
+                                                       self.documents.setFocus()), "Ctrl+2")
+        view_menu.addSeparator()
+        self._action(view_menu, "&Bigger text", lambda: self.zoom(+10), QKeySequence.ZoomIn)
+        self._action(view_menu, "&Smaller text", lambda: self.zoom(-10), QKeySequence.ZoomOut)
+        self._action(view_menu, "&Actual size", lambda: self.zoom(0), "Ctrl+0")
         help_menu = menu.addMenu("&Help")
+        self._action(help_menu, "&Welcome", lambda: self.welcome.setVisible(True))
         self._action(help_menu, "&About", self.about)
         QShortcut(QKeySequence("Ctrl+Return"), self, activated=self.send)
+        QShortcut(QKeySequence("Ctrl+="), self, activated=lambda: self.zoom(+10))  # Ctrl++ without Shift
 
     def _action(self, menu: QMenu, text: str, slot, shortcut=None) -> QAction:
         action = QAction(text, self)
@@ -313,6 +365,8 @@ class MainWindow(QMainWindow):
         from assistant.ui.app import apply_theme
 
         self.chat.dark = apply_theme(assistant.settings.theme)
+        apply_font_scale(assistant.settings.font_scale)
+        self.welcome.setVisible(not assistant.settings.welcomed)
         # Open the latest chat, unless a start-up problem is on screen: it must stay readable.
         self.refresh_conversations(select_first=not self.chat.bubbles)
 
@@ -334,8 +388,33 @@ class MainWindow(QMainWindow):
             f"{report.model_description}\nBackend: {report.backend}\n"
             f"GPU layers: {report.gpu_layers_offloaded}/{report.n_layers}\n"
             f"Context: {report.n_ctx} (trained on {report.n_ctx_train})\nThreads: {report.n_threads}\n"
-            f"Loaded in {report.load_seconds:.2f} s"
+            f"Loaded in {report.load_seconds:.2f} s" + (f"\n{report.gpu_note}" if report.gpu_note else "")
         )
+
+    def _on_wont_fit(self, message: str, context_that_fits: int) -> None:
+        """Before a load that may not fit: say why, and let the user pick a smaller context or go ahead."""
+        self.progress.setVisible(False)
+        self.model_label.setText("Model not loaded: it may not fit")
+        box = QMessageBox(QMessageBox.Warning, "The model may not fit", message, QMessageBox.NoButton, self)
+        box.setObjectName("wont_fit")
+        smaller = box.addButton(f"Use a {context_that_fits}-token context", QMessageBox.AcceptRole) \
+            if context_that_fits else None
+        anyway = box.addButton("Load anyway", QMessageBox.DestructiveRole)
+        box.addButton("Choose another model…", QMessageBox.RejectRole).clicked.connect(self.open_settings)
+
+        def chosen(button) -> None:
+            if button is smaller and self.settings is not None:
+                from dataclasses import replace
+
+                self.apply_settings(replace(self.settings, n_ctx=context_that_fits))
+            elif button is anyway:
+                self.worker.load_cancel.clear()
+                self.loadAnywayRequested.emit()
+
+        box.buttonClicked.connect(chosen)
+        box.setModal(False)
+        box.show()
+        self.wont_fit_box = box
 
     def _on_load_failed(self, message: str) -> None:
         self._drop_empty_answer()
@@ -409,6 +488,8 @@ class MainWindow(QMainWindow):
         if self.editing is not None and self.editing not in self.chat.bubbles:
             self._cancel_edit()  # the chat was re-drawn or switched since Edit was pressed
         self.input.clear()
+        if self.welcome.isVisible():
+            self.dismiss_welcome()
         # Busy from now, not from when the worker picks the job up: a second Enter must not send twice.
         self._set_busy(True)
         if self.editing is not None:
@@ -538,9 +619,9 @@ class MainWindow(QMainWindow):
             self.conversation_list.blockSignals(True)
             self.conversation_list.clear()
             for conv in conversations:
-                item = QListWidgetItem(conv.title)
+                item = QListWidgetItem(conv.title + (f"\n   {conv.match}" if query and conv.match else ""))
                 item.setData(Qt.UserRole, conv.id)
-                item.setToolTip(f"{conv.message_count} messages")
+                item.setToolTip(f"{conv.message_count} messages" + (f"\n…{conv.match}" if conv.match else ""))
                 self.conversation_list.addItem(item)
                 if conv.id == self.conversation_id:
                     self.conversation_list.setCurrentItem(item)
@@ -593,6 +674,14 @@ class MainWindow(QMainWindow):
                                                 m.meta.get("finish_reason", "stop")))
 
         self.tasks.submit(lambda: self.assistant.conversations.messages(conversation_id), show)
+        # A drag of this chat out of the list then finds its Markdown file ready (a failure here only
+        # means the drag writes it itself).
+        self.tasks.submit(lambda: self.conversation_list.prepare(conversation_id, *self._chat_markdown(conversation_id)),
+                          on_error=lambda exc: log.info("Markdown for dragging not prepared: %s", exc))
+
+    def _chat_markdown(self, conversation_id: int) -> tuple[str, str]:
+        store = self.assistant.conversations
+        return store.get(conversation_id).title, store.export_markdown(conversation_id)
 
     def _conversation_menu(self, pos) -> None:
         item = self.conversation_list.itemAt(pos)
@@ -654,6 +743,77 @@ class MainWindow(QMainWindow):
 
         self.tasks.submit(write, lambda p: self.statusBar().showMessage(f"Exported to {p}", 5000))
 
+    def export_all_chats(self) -> None:
+        if self.assistant is None:
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Export all chats", "assistant-chats.json", "JSON (*.json)")
+        if not path:
+            return
+        store = self.assistant.conversations
+
+        def write() -> int:
+            archive = store.export_all()
+            atomic_write_text(Path(path), json.dumps(archive, ensure_ascii=False, indent=1))
+            return len(archive["conversations"])
+
+        self.tasks.submit(write, lambda n: self._show_status(f"Exported {n} chat{'s' * (n != 1)} to {path}"))
+
+    def import_chats(self, path: str | None = None) -> None:
+        """Add the chats of an export (from this or another computer); chats already here are skipped."""
+        if self.assistant is None:
+            return
+        if not path:
+            path, _ = QFileDialog.getOpenFileName(self, "Import chats", "", "Chat exports (*.json)")
+        if not path:
+            return
+        from assistant.errors import AssistantError
+
+        store = self.assistant.conversations
+
+        def read() -> tuple[int, int]:
+            try:
+                archive = json.loads(Path(path).read_text(encoding="utf-8"))
+            except OSError as exc:
+                raise AssistantError(f"{path} could not be read: {exc.strerror or exc}.") from exc
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise AssistantError(f"{Path(path).name} is not a chat export from Assistant (not JSON).") from exc
+            return store.import_all(archive)
+
+        def done(counts: tuple[int, int]) -> None:
+            imported, skipped = counts
+            self._show_status(f"Imported {imported} chat{'s' * (imported != 1)}"
+                              + (f"; {skipped} already here, skipped." if skipped else "."))
+            self.refresh_conversations()
+
+        self.tasks.submit(read, done)
+
+    def dismiss_welcome(self) -> None:
+        from dataclasses import replace
+
+        self.welcome.setVisible(False)
+        self.input.setFocus()
+        if self.settings is not None and not self.settings.welcomed:
+            self.apply_settings(replace(self.settings, welcomed=True))
+
+    def _welcome_add_documents(self) -> None:
+        self.side_tabs.setCurrentWidget(self.documents)
+        self.documents.add_files.click()
+
+    def _welcome_try_voice(self) -> None:
+        self.talk_button.setFocus()
+        self._show_status("Hold the Hold to talk button, or F2 anywhere, while you speak; let go to send. Esc cancels.")
+
+    def zoom(self, step: int) -> None:
+        """Text size in steps of 10 %; 0 goes back to the desktop's size. Saved with the settings."""
+        if self.settings is None:
+            return
+        from dataclasses import replace
+
+        scale = 100 if step == 0 else max(50, min(300, self.settings.font_scale + step))
+        if scale != self.settings.font_scale:
+            self.apply_settings(replace(self.settings, font_scale=scale))
+        self._show_status(f"Text size {scale} %")
+
     def open_settings(self) -> None:
         if self.assistant is None:
             return
@@ -678,6 +838,7 @@ class MainWindow(QMainWindow):
         if not self.busy:
             self.worker.load_cancel.clear()  # a cancel left from an earlier Stop must not abort this load
         dark = apply_theme(settings.theme)
+        apply_font_scale(settings.font_scale)
         if dark != self.chat.dark:
             self.chat.dark = dark
             if not self.busy:
@@ -713,12 +874,30 @@ class MainWindow(QMainWindow):
             self.use_model_file(str(dialog.downloaded))
 
     def about(self) -> None:
-        QMessageBox.about(
-            self, "About Assistant",
-            f"<b>Assistant {__version__}</b><p>A private assistant: the model runs on this computer with "
-            "llama.cpp, and nothing you type leaves it.</p><p>Default model: SmolLM2-135M-Instruct "
-            "(Apache-2.0), Hugging Face.</p>",
-        )
+        from assistant.config import config_dir, data_dir, logs_dir
+        from assistant.ui.about import AboutDialog
+
+        report = self.last_report
+
+        def gather():
+            home = self.assistant.home if self.assistant is not None else data_dir()
+            folders = {"Chats, documents' index, models": home, "Settings": config_dir(home), "Log and crash reports": logs_dir(home)}
+            model = None
+            if report is not None:
+                from assistant.llm.gguf_info import read_model_info
+
+                try:
+                    info = read_model_info(report.model_path, cache_dir=home)
+                    model = (info.name, info.license)
+                except Exception:
+                    model = (Path(report.model_path).name, None)
+            return folders, model
+
+        def show(found) -> None:
+            self.about_dialog = AboutDialog(*found, parent=self)
+            self.about_dialog.show()
+
+        self.tasks.submit(gather, show)
 
     def show_error(self, exc: Exception) -> None:
         self.chat.add("error", str(exc))

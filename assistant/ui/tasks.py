@@ -29,9 +29,13 @@ class _Task(QRunnable):
         try:
             value = self.fn()
         except Exception as exc:  # delivered to on_error on the UI thread, never lost
-            self.relay.finished.emit(self.on_error, exc)
+            callback, value = self.on_error, exc
         else:
-            self.relay.finished.emit(self.on_result, value)
+            callback = self.on_result
+        try:
+            self.relay.finished.emit(callback, value)
+        except RuntimeError:  # the window closed while this ran: there is nobody left to tell
+            pass
 
 
 class TaskRunner:

@@ -9,7 +9,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 
 from assistant.config import Settings
 from assistant.core import Assistant
-from assistant.errors import AssistantError, SettingsError
+from assistant.errors import AssistantError, SettingsError, WontFitError
 from assistant.events import AgentStep, ContextTrimmed, Done, Error, Recalled, Sources, Summarised, Token
 
 log = logging.getLogger(__name__)
@@ -21,6 +21,7 @@ class ModelWorker(QObject):
     loadProgress = Signal(float)
     loaded = Signal(object)  # LoadReport
     loadFailed = Signal(str)
+    wontFit = Signal(str, int)  # why the model may not fit, a context that would (0: none)
     token = Signal(str)
     sources = Signal(object)  # Sources: the passages the answer may cite
     step = Signal(object)  # AgentStep: a tool call and what it returned
@@ -58,11 +59,16 @@ class ModelWorker(QObject):
         self.load()
 
     @Slot()
-    def load(self) -> None:
+    def load_anyway(self) -> None:
+        self.load(force=True)
+
+    def load(self, force: bool = False) -> None:
         try:
             path = self.assistant.model_path()
             self.loading.emit(path.name)
-            report = self.assistant.load_model(progress=self.loadProgress.emit, cancel=self.load_cancel)
+            report = self.assistant.load_model(progress=self.loadProgress.emit, cancel=self.load_cancel, force=force)
+        except WontFitError as exc:
+            self.wontFit.emit(str(exc), exc.context_that_fits or 0)
         except AssistantError as exc:
             self.loadFailed.emit(str(exc))
         except Exception as exc:  # a bug, but the window must survive it

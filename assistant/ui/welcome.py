@@ -1,0 +1,57 @@
+"""The first-run screen: shown over the empty chat until the user starts, then never again."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
+
+
+class WelcomePanel(QFrame):
+    """What runs where, the default model, and the three first things to do."""
+
+    addDocuments = Signal()
+    tryVoice = Signal()
+    start = Signal()
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.setObjectName("welcome")
+        self.setFrameShape(QFrame.StyledPanel)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(24, 20, 24, 20)
+        self.text = QLabel()
+        self.text.setObjectName("welcome_text")
+        self.text.setWordWrap(True)
+        self.text.setTextFormat(Qt.RichText)
+        self.set_model("the built-in SmolLM2-135M-Instruct (94 MB)")
+        layout.addWidget(self.text)
+        row = QHBoxLayout()
+        self.start_button = QPushButton("Start chatting")
+        self.start_button.setDefault(True)
+        self.documents_button = QPushButton("Add documents…")
+        self.voice_button = QPushButton("Try voice")
+        for button, signal, tip in [
+            (self.start_button, self.start, "Close this and type a question"),
+            (self.documents_button, self.addDocuments, "Choose files or a folder to search and cite in answers"),
+            (self.voice_button, self.tryVoice, "Hold the button (or F2) while you speak; let go to send"),
+        ]:
+            button.setToolTip(tip)
+            button.setAccessibleDescription(tip)
+            button.clicked.connect(signal)
+            row.addWidget(button)
+        row.addStretch(1)
+        layout.addLayout(row)
+        layout.addStretch(1)
+
+    def set_model(self, model: str) -> None:
+        self.text.setText(
+            "<h2>Welcome to Assistant</h2>"
+            "<p><b>Everything runs on this computer.</b> The language model, the index of your documents and "
+            "speech recognition all work offline. Nothing you type, say or drop is sent anywhere: there is no "
+            "account, no cloud and no telemetry.</p>"
+            f"<p><b>The model:</b> {model}. It is small, so it answers fast on any computer but makes mistakes; "
+            "a bigger GGUF model (File ▸ Download model…, or drop a .gguf file here) answers better.</p>"
+            "<p><b>Your documents:</b> add files or folders (PDF, Word, text, Markdown, code) and ask about "
+            "them: each answer cites the passages it used, and a click opens the page.</p>"
+            "<p><b>Voice:</b> hold <i>Hold to talk</i> or F2 while you speak; let go and your question is sent.</p>"
+        )
