@@ -217,6 +217,7 @@ class MainWindow(QMainWindow):
         self.input = InputBox()
         self.input.setPlaceholderText("Ask anything. Enter sends, Shift+Enter adds a line.")
         self.input.setFixedHeight(90)
+        self.input.setTabChangesFocus(True)  # Tab leaves the box, as keyboard users expect; Enter sends
         self.input.submitted.connect(self.send)
         self.send_button = QPushButton("Send")
         self.send_button.setDefault(True)
