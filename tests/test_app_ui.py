@@ -198,3 +198,21 @@ def test_check_mode_opens_answers_and_reports_timings(isolated_home: Path) -> No
     assert result["answer"] and not result["errors"]
     assert 0 < result["window_s"] < result["first_token_s"] <= result["answer_s"]
     assert (isolated_home / "logs" / "assistant.log").exists()  # the app logs from its first start
+
+
+def test_settings_show_what_the_model_needs_at_the_chosen_context(qtbot, isolated_home: Path,
+                                                                   default_model: Path) -> None:
+    from assistant.ui.settings_dialog import SettingsDialog
+
+    w = open_window(qtbot, wait_model=False)
+    dialog = SettingsDialog(w.settings or Settings(), w.tasks, str(default_model), w)
+    qtbot.addWidget(dialog)
+    dialog.show()
+    qtbot.waitUntil(lambda: dialog.fit_info.text().startswith("Needs about"), timeout=10_000)
+    assert "free" in dialog.fit_info.text()
+    need = hardware.estimate(read_model_info(default_model), 1_048_576)
+    if need.in_ram > (hardware.available_ram() or 0):
+        dialog.n_ctx.setValue(1_048_576)
+        qtbot.waitUntil(lambda: "may not fit" in dialog.fit_info.text(), timeout=10_000)
+    dialog.close()
+    w.close()

@@ -120,9 +120,9 @@ def check_fit(info: ModelInfo, n_ctx: int, n_gpu_layers: int = 0, ram: int | Non
         vram_free = gpus[0][1] if gpus else None
     problems = []
     if ram is not None and need.in_ram > ram:
-        problems.append(f"it needs about {_mb(need.in_ram)} of memory and {_mb(ram)} is free")
+        problems.append(f"it needs about {format_size(need.in_ram)} of memory and {format_size(ram)} is free")
     if vram_free is not None and need.on_gpu > vram_free:
-        problems.append(f"its GPU layers need about {_mb(need.on_gpu)} of video memory and {_mb(vram_free)} is free")
+        problems.append(f"its GPU layers need about {format_size(need.on_gpu)} of video memory and {format_size(vram_free)} is free")
     if not problems:
         return Fit(True, need, ram, vram_free, "", None)
     smaller = _context_that_fits(info, n_ctx, n_gpu_layers, ram, vram_free)
@@ -133,8 +133,8 @@ def check_fit(info: ModelInfo, n_ctx: int, n_gpu_layers: int = 0, ram: int | Non
         advice += " Fewer GPU layers (Settings ▸ Model) move the rest to ordinary memory."
     risk = ("Loading it anyway can make the computer swap and stall." if ram is not None and need.in_ram > ram
             else "Loading it anyway will probably fail.")
-    message = (f"{info.name} may not fit: {' and '.join(problems)} (weights {_mb(need.weights)}, "
-               f"context cache {_mb(need.kv_cache)} for {n_ctx} tokens, working memory {_mb(need.compute)}). "
+    message = (f"{info.name} may not fit: {' and '.join(problems)} (weights {format_size(need.weights)}, "
+               f"context cache {format_size(need.kv_cache)} for {n_ctx} tokens, working memory {format_size(need.compute)}). "
                + risk + advice)
     return Fit(False, need, ram, vram_free, message, smaller)
 
@@ -166,5 +166,5 @@ def gpu_note(n_gpu_layers: int, offloaded: int, supports_offload: bool, gpus: li
     return ""
 
 
-def _mb(n: int) -> str:
+def format_size(n: int) -> str:
     return f"{n / (1 << 30):.1f} GB" if n >= 1 << 30 else f"{n / MB:.0f} MB"

@@ -263,7 +263,7 @@ class DocumentsPanel(QWidget):
         self.collection.clear()
         self.collection.addItem(NO_DOCUMENTS, "")
         for c in collections:
-            self.collection.addItem(f"{c.name} ({c.documents} files)", c.name)
+            self.collection.addItem(f"{c.name} ({c.documents} file{'s' * (c.documents != 1)})", c.name)
         if len(collections) > 1:
             self.collection.addItem(f"All {len(collections)} collections", ALL_COLLECTIONS)
         index = max(0, self.collection.findData(chosen))

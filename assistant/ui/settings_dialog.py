@@ -60,6 +60,14 @@ class SettingsDialog(QDialog):
         self.n_ctx = _spin(128, 1_048_576, settings.n_ctx, "tokens the model sees at once")
         self.n_ctx.setSingleStep(512)
         form.addRow("Context size", self.n_ctx)
+        # What this model at this context needs, against what is free: the load is checked the same way.
+        self.fit_info = QLabel("")
+        self.fit_info.setObjectName("fitInfo")
+        self.fit_info.setWordWrap(True)
+        form.addRow("", self.fit_info)
+        self._info = None
+        self.n_ctx.valueChanged.connect(self._show_fit)
+        self.n_gpu_layers.valueChanged.connect(self._show_fit)
         self.flash_attn = QCheckBox("Flash attention")
         self.flash_attn.setChecked(settings.flash_attn)
         form.addRow("", self.flash_attn)
@@ -240,8 +248,39 @@ class SettingsDialog(QDialog):
 
             return read_model_info(path, cache_dir=data_dir())
 
-        self._tasks.submit(read, lambda info: self.model_info.setText(info.summary()),
-                           lambda exc: self.model_info.setText(str(exc)))
+        def show(info) -> None:
+            self.model_info.setText(info.summary())
+            self._info = info
+            self._show_fit()
+
+        def failed(exc: Exception) -> None:
+            self.model_info.setText(str(exc))
+            self._info = None
+            self.fit_info.setText("")
+
+        self._tasks.submit(read, show, failed)
+
+    def _show_fit(self) -> None:
+        info, ctx, gpu = self._info, self.n_ctx.value(), self.n_gpu_layers.value()
+        if info is None:
+            return
+
+        def check():
+            from assistant.llm.hardware import check_fit
+
+            return check_fit(info, ctx, gpu)
+
+        def show(fit) -> None:
+            if (ctx, gpu) != (self.n_ctx.value(), self.n_gpu_layers.value()):
+                return  # the user changed it again meanwhile; that check will answer
+            from assistant.llm.hardware import format_size
+
+            free = f"; {format_size(fit.ram_available)} free" if fit.ram_available else ""
+            gpu_part = f", {format_size(fit.need.on_gpu)} of it on the GPU" if fit.need.on_gpu else ""
+            self.fit_info.setText(f"Needs about {format_size(fit.need.total)} at this context{gpu_part}{free}." if fit.ok
+                                  else "⚠ " + fit.message)
+
+        self._tasks.submit(check, show, lambda exc: self.fit_info.setText(""))
 
 
 def _microphones() -> list[str]:
