@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QPoint, Qt
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication, QMessageBox, QPushButton, QWidget
 
 from assistant.config import Settings
@@ -216,3 +216,25 @@ def test_settings_show_what_the_model_needs_at_the_chosen_context(qtbot, isolate
         qtbot.waitUntil(lambda: "may not fit" in dialog.fit_info.text(), timeout=10_000)
     dialog.close()
     w.close()
+
+
+@pytest.mark.skipif(not __import__("shutil").which("xvfb-run"), reason="xvfb-run (apt xvfb) draws the screenshots")
+def test_the_screenshot_script_draws_the_real_app_under_xvfb(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from PySide6.QtGui import QImage
+
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    out = subprocess.run([sys.executable, str(root / "docs" / "screenshots.py"), "--out", str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    names = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert names == ["1-first-run.png", "2-documents.png", "3-answer-with-sources.png", "4-settings.png", "5-about.png"]
+    for name in names:
+        image = QImage(str(tmp_path / name))
+        assert image.width() > 500 and image.height() > 400
+        colours = {image.pixel(x, y) for x in range(0, image.width(), 37) for y in range(0, image.height(), 37)}
+        assert len(colours) > 5, f"{name} is blank"  # drawn, not an empty window
