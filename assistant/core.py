@@ -58,7 +58,8 @@ _FIRST_PERSON = re.compile(r"\b(my|i|i'm|i've|i'd|we|we're|our|mine)\b", re.I)
 
 
 # Settings that need the model reloaded when they change.
-ENGINE_SETTINGS = ("model_path", "n_ctx", "n_threads", "n_gpu_layers", "flash_attn")
+ENGINE_SETTINGS = ("model_path", "n_ctx", "n_threads", "n_gpu_layers", "flash_attn", "engine", "remote_url",
+                   "remote_model", "remote_api_key")
 
 
 class Assistant:
@@ -76,9 +77,18 @@ class Assistant:
         # Set while an answer is being written: indexing waits between batches, because on a
         # small machine the embedder and llama.cpp fighting for the same cores slows both a lot.
         self.generating = threading.Event()
+        # One model, one context: whoever generates (the window's worker, an API request) holds this.
+        self.engine_lock = threading.RLock()
         self._cut: tuple[int, str] | None = None  # where the last trim started: (index, that message's text)
 
     # -- model --------------------------------------------------------------------------
+
+    def model_name(self) -> str:
+        """What the status bar calls the model while it loads."""
+        s = self.settings
+        if s.engine == "remote":
+            return f"{s.remote_model or 'the model'} at {s.remote_url}"
+        return self.model_path().name
 
     def model_path(self) -> Path:
         if self.settings.model_path:
@@ -93,14 +103,23 @@ class Assistant:
     ) -> LoadReport:
         """(Re)load the model the settings name. Slow: never call it on a UI thread.
         Unless force, first check from its header that it fits free memory: WontFitError if not."""
-        from dataclasses import replace
+        with self.engine_lock:  # never swap the model under an answer being written
+            return self._load_model(progress, cancel, force)
 
+    def _load_model(self, progress: Callable[[float], None] | None, cancel: threading.Event | None,
+                    force: bool) -> LoadReport:
         from assistant.llm import hardware
         from assistant.llm.engine import supports_gpu_offload
         from assistant.llm.gguf_info import read_model_info
 
         self.unload_model()
         s = self.settings
+        if s.engine == "remote":
+            from assistant.llm.remote import RemoteEngine, RemoteModel
+
+            self.engine = RemoteEngine(RemoteModel(s.remote_url, s.remote_model, s.remote_api_key), n_ctx=s.n_ctx)
+            log.info("Using %s", self.engine.report.summary())
+            return self.engine.report
         path = self.model_path()
         if not force:
             fit = hardware.check_fit(read_model_info(path, cache_dir=self.home), s.n_ctx, s.n_gpu_layers)
@@ -118,9 +137,10 @@ class Assistant:
         return self.engine.report
 
     def unload_model(self) -> None:
-        if self.engine is not None:
-            self.engine.close()
-            self.engine = None
+        with self.engine_lock:
+            if self.engine is not None:
+                self.engine.close()
+                self.engine = None
 
     def update_settings(self, settings: Settings, save: bool = True) -> bool:
         """Apply new settings; returns True when the model must be reloaded for them."""
@@ -399,13 +419,14 @@ class Assistant:
 
     def stream(self, history: list[dict[str, str]], stop: threading.Event | None = None,
                collection: str | Sequence[str] | None = None, whole_document: str | None = None,
-               memory_skip: set[str] | None = frozenset()) -> Iterator[Event]:
+               memory_skip: set[str] | None = frozenset(), sampling: dict | None = None) -> Iterator[Event]:
         """Answer the last user message of `history` (role/content dicts), without saving anything.
 
         With a collection (a name, several, or "*" for all), the answer is grounded in its passages,
         which come first as a Sources event; with whole_document too, in the whole of that file.
         Long-term memories about the question come with it (a Recalled event says which), except those
-        whose key is in memory_skip; memory_skip=None recalls none.
+        whose key is in memory_skip; memory_skip=None recalls none. sampling: max_tokens, temperature,
+        top_p and seed for this answer instead of the settings' (the API server passes a request's).
         """
         try:
             question = history[-1]["content"] if history else ""
@@ -432,7 +453,8 @@ class Assistant:
             if dropped:
                 yield ContextTrimmed(dropped, kept, engine.n_ctx)
             s = self.settings
-            generation = engine.generate(tokens, max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, stop=stop)
+            options = {"max_tokens": s.max_tokens, "temperature": s.temperature, "top_p": s.top_p, **(sampling or {})}
+            generation = engine.generate(tokens, stop=stop, **options)
             parts: list[str] = []
             self.generating.set()
             try:
@@ -505,7 +527,7 @@ class Assistant:
         if not question.strip():
             yield Error("Type a question first: the message is empty.")
             return
-        yield from self.stream(self._with_system([{"role": "user", "content": question}]), stop, collection)
+        yield from self.stream(self.with_system([{"role": "user", "content": question}]), stop, collection)
 
     def send(self, conversation_id: int, text: str, stop: threading.Event | None = None,
              collection: str | Sequence[str] | None = None) -> Iterator[Event]:
@@ -600,7 +622,7 @@ class Assistant:
                 messages = [m for m in messages if m.id > upto] or messages[-1:]
             if self.engine is None:
                 self.load_model()
-            _, dropped, _ = self._fit(self._with_system(_dicts(messages), summary))
+            _, dropped, _ = self._fit(self.with_system(_dicts(messages), summary))
             if dropped:  # the early turns no longer fit: notes on them stand in for them from now on
                 summary = self._summarise(summary, messages[:dropped], stop)
                 if summary:
@@ -619,7 +641,7 @@ class Assistant:
         question = messages[-1].content if messages else ""
         sources: Sources | None = None
         recalled: Recalled | None = None
-        for event in self.stream(self._with_system(_dicts(messages), summary), stop, collection, whole_document,
+        for event in self.stream(self.with_system(_dicts(messages), summary), stop, collection, whole_document,
                                  skip if chat.memory else None):
             if isinstance(event, Sources):
                 sources = event
@@ -647,7 +669,7 @@ class Assistant:
                 continue
             yield event
 
-    def _with_system(self, history: list[dict[str, str]], summary: str = "") -> list[dict[str, str]]:
+    def with_system(self, history: list[dict[str, str]], summary: str = "") -> list[dict[str, str]]:
         prompt = self.settings.system_prompt.strip()
         if summary:
             prompt = (prompt + "\n\n" if prompt else "") + f"Notes on the earlier part of this conversation:\n{summary}"

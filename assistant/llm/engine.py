@@ -92,6 +92,8 @@ class LoadReport:
     gpu_note: str = ""  # why the model is not (all) on a GPU, when it is not
 
     def summary(self) -> str:
+        if self.backend.startswith("remote"):
+            return f"{self.model_description} (remote) · ctx {self.n_ctx}"
         where = (
             f"{self.gpu_layers_offloaded}/{self.n_layers} layers on {self.backend}"
             if self.gpu_layers_offloaded

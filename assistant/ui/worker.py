@@ -64,8 +64,7 @@ class ModelWorker(QObject):
 
     def load(self, force: bool = False) -> None:
         try:
-            path = self.assistant.model_path()
-            self.loading.emit(path.name)
+            self.loading.emit(self.assistant.model_name())
             report = self.assistant.load_model(progress=self.loadProgress.emit, cancel=self.load_cancel, force=force)
         except WontFitError as exc:
             self.wontFit.emit(str(exc), exc.context_that_fits or 0)
@@ -123,23 +122,8 @@ class ModelWorker(QObject):
                     return  # loadFailed has told the user why
             method = {"send": self.assistant.send, "regenerate": self.assistant.regenerate,
                       "edit": self.assistant.edit_and_resend, "whole": self._whole, "tools": self._tools}[kind]
-            for event in method(*args, stop=self.stop_event, collection=collection or None):
-                if isinstance(event, Token):
-                    self.token.emit(event.text)
-                elif isinstance(event, Sources):
-                    self.sources.emit(event)
-                elif isinstance(event, AgentStep):
-                    self.step.emit(event)
-                elif isinstance(event, ContextTrimmed):
-                    self.trimmed.emit(event)
-                elif isinstance(event, Recalled):
-                    self.recalled.emit(event)
-                elif isinstance(event, Summarised):
-                    self.summarised.emit(event)
-                elif isinstance(event, Done):
-                    self.finished.emit(event)
-                elif isinstance(event, Error):
-                    self.failed.emit(event.message)
+            with self.assistant.engine_lock:  # an API request may be using the model: answer after it
+                self._relay(method(*args, stop=self.stop_event, collection=collection or None))
         except AssistantError as exc:
             self.failed.emit(str(exc))
         except Exception as exc:
@@ -147,3 +131,22 @@ class ModelWorker(QObject):
             self.failed.emit(f"Something went wrong while answering: {exc}")
         finally:
             self.idle.emit()
+
+    def _relay(self, events) -> None:
+        for event in events:
+            if isinstance(event, Token):
+                self.token.emit(event.text)
+            elif isinstance(event, Sources):
+                self.sources.emit(event)
+            elif isinstance(event, AgentStep):
+                self.step.emit(event)
+            elif isinstance(event, ContextTrimmed):
+                self.trimmed.emit(event)
+            elif isinstance(event, Recalled):
+                self.recalled.emit(event)
+            elif isinstance(event, Summarised):
+                self.summarised.emit(event)
+            elif isinstance(event, Done):
+                self.finished.emit(event)
+            elif isinstance(event, Error):
+                self.failed.emit(event.message)
