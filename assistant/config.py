@@ -103,6 +103,9 @@ class Settings:
     remote_url: str = ""  # e.g. http://127.0.0.1:8080/v1
     remote_model: str = ""  # "" takes the server's first model
     remote_api_key: str = ""
+    api_enabled: bool = False  # serve the OpenAI-compatible API (assistant serve) while the window is open
+    api_port: int = 8765  # on 127.0.0.1 only, from the window
+    api_key: str = ""  # clients must send it when set
     n_ctx: int = 4096
     n_threads: int = 0  # 0: one per physical core, as llama.cpp does best
     n_gpu_layers: int = 0  # -1: every layer the backend can take
@@ -149,6 +152,7 @@ class Settings:
             (self.engine in ("local", "remote"), f"Engine must be local or remote, not {self.engine!r}."),
             (self.engine == "local" or self.remote_url.startswith(("http://", "https://")),
              f"The remote server's address must start with http:// or https://, not {self.remote_url!r}."),
+            (1 <= self.api_port <= 65535, f"The API port must be between 1 and 65535, not {self.api_port}."),
             (50 <= self.font_scale <= 300, f"Text size must be between 50 and 300 per cent, not {self.font_scale}."),
             (self.theme in ("system", "light", "dark"), f"Theme must be system, light or dark, not {self.theme!r}."),
             (1 <= self.top_k <= 50, f"Passages per answer must be between 1 and 50, not {self.top_k}."),

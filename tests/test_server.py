@@ -228,3 +228,34 @@ def test_assistant_serve_from_the_command_line(isolated_home: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_the_window_serves_the_api_when_settings_turn_it_on(qtbot, isolated_home: Path) -> None:
+    import dataclasses
+
+    from assistant.ui.main_window import MainWindow
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    Settings(max_tokens=8, n_ctx=2048, welcomed=True).save()
+    w = MainWindow()
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitUntil(lambda: w.model_ready, timeout=60_000)
+    assert w.api_server is None and not w.api_label.text()
+    w.apply_settings(dataclasses.replace(w.settings, api_enabled=True, api_port=port, api_key="k"))
+    assert w.api_label.text() == f"API http://127.0.0.1:{port}/v1"
+    c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0, timeout=60)
+    # The request runs on the server's thread; the window keeps its event loop going meanwhile.
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(reply=c.chat.completions.create(
+        model="default", max_tokens=6, messages=[{"role": "user", "content": "Hi"}])))
+    worker.start()
+    qtbot.waitUntil(lambda: not worker.is_alive(), timeout=60_000)
+    assert result["reply"].choices[0].message.content is not None
+    w.apply_settings(dataclasses.replace(w.settings, api_enabled=False))
+    assert w.api_server is None and not w.api_label.text()
+    with pytest.raises(openai.APIConnectionError):
+        c.models.list()
+    w.close()

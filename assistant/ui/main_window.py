@@ -31,6 +31,7 @@ from PySide6.QtWidgets import (
 )
 
 from assistant import __version__
+from assistant.errors import AssistantError
 from assistant.events import ContextTrimmed, Done
 from assistant.fileio import atomic_write_text
 from assistant.rag import ALL_COLLECTIONS
@@ -104,6 +105,7 @@ class MainWindow(QMainWindow):
         self.editing: MessageBubble | None = None
         self.last_report = None
         self.wont_fit_box: QMessageBox | None = None
+        self.api_server = None  # the OpenAI-compatible API, while Settings ▸ Server has it on
         self.tasks = TaskRunner(self.show_error)
         self.transcribing: str | None = None  # "voice" or the audio file being transcribed
         self.released_at = 0.0  # when the talk button was let go
@@ -305,6 +307,10 @@ class MainWindow(QMainWindow):
         status.addWidget(self.progress)
         self.sandbox_label = QLabel("")
         self.sandbox_label.setObjectName("sandbox")
+        self.api_label = QLabel("")
+        self.api_label.setObjectName("api")
+        self.api_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        status.addPermanentWidget(self.api_label)
         status.addPermanentWidget(self.sandbox_label)
         status.addPermanentWidget(self.speed_label)
         status.addPermanentWidget(self.context_label)
@@ -368,6 +374,7 @@ class MainWindow(QMainWindow):
         self.chat.dark = apply_theme(assistant.settings.theme)
         apply_font_scale(assistant.settings.font_scale)
         self.welcome.setVisible(not assistant.settings.welcomed)
+        self._sync_api_server(assistant.settings)
         # Open the latest chat, unless a start-up problem is on screen: it must stay readable.
         self.refresh_conversations(select_first=not self.chat.bubbles)
 
@@ -767,8 +774,6 @@ class MainWindow(QMainWindow):
             path, _ = QFileDialog.getOpenFileName(self, "Import chats", "", "Chat exports (*.json)")
         if not path:
             return
-        from assistant.errors import AssistantError
-
         store = self.assistant.conversations
 
         def read() -> tuple[int, int]:
@@ -787,6 +792,30 @@ class MainWindow(QMainWindow):
             self.refresh_conversations()
 
         self.tasks.submit(read, done)
+
+    def _sync_api_server(self, settings) -> None:
+        """Start, restart or stop the API to match the settings (loopback only from the window)."""
+        if self.assistant is None:
+            return
+        running = self.api_server
+        wanted = (settings.api_port, settings.api_key) if settings.api_enabled else None
+        if running is not None and (wanted is None or (running.httpd.server_address[1], running.api_key) != wanted):
+            running.stop()
+            self.api_server = None
+            self.api_label.setText("")
+        if wanted is None or self.api_server is not None:
+            return
+        from assistant.server import ApiServer
+
+        try:
+            self.api_server = ApiServer(self.assistant, "127.0.0.1", settings.api_port, settings.api_key)
+        except AssistantError as exc:
+            self.chat.add("error", str(exc))
+            return
+        url = self.api_server.start()
+        self.api_label.setText(f"API {url}")
+        self.api_label.setToolTip("Other programs on this computer can use the model here (OpenAI-compatible)"
+                                  + (", with the API key" if settings.api_key else ""))
 
     def dismiss_welcome(self) -> None:
         from dataclasses import replace
@@ -840,6 +869,7 @@ class MainWindow(QMainWindow):
             self.worker.load_cancel.clear()  # a cancel left from an earlier Stop must not abort this load
         dark = apply_theme(settings.theme)
         apply_font_scale(settings.font_scale)
+        self._sync_api_server(settings)
         if dark != self.chat.dark:
             self.chat.dark = dark
             if not self.busy:
@@ -1128,6 +1158,8 @@ class MainWindow(QMainWindow):
         self.speech_thread.quit()
         self.speech_thread.wait(10_000)  # cancel lands within one Whisper segment
         QApplication.instance().removeEventFilter(self)
+        if self.api_server is not None:
+            self.api_server.stop()
         if self.assistant is not None:  # the last exchange may still be on its way into long-term memory
             self.tasks.submit(self.assistant.wait_for_memory)
         self.tasks.wait(10_000)

@@ -175,9 +175,40 @@ class SettingsDialog(QDialog):
         self.sandbox_memory_mb = _spin(64, 65536, settings.sandbox_memory_mb, "memory a program may use, in MB")
         tools_form.addRow("Program memory (MB)", self.sandbox_memory_mb)
 
+        # Where the model runs, and the API other programs may use.
+        server_form = QFormLayout()
+        self.engine = QComboBox()
+        self.engine.addItem("This computer (the GGUF model file on the Model tab)", "local")
+        self.engine.addItem("A server I run (OpenAI-compatible: llama.cpp, vLLM, Ollama…)", "remote")
+        self.engine.setCurrentIndex(max(0, self.engine.findData(settings.engine)))
+        self.engine.setToolTip("For models too big for this computer: chat, documents, memory, tools and voice work the "
+                               "same; your documents' index and speech recognition stay here.")
+        server_form.addRow("The model runs on", self.engine)
+        self.remote_url = QLineEdit(settings.remote_url)
+        self.remote_url.setPlaceholderText("http://127.0.0.1:8080/v1")
+        server_form.addRow("Server address", self.remote_url)
+        self.remote_model = QLineEdit(settings.remote_model)
+        self.remote_model.setPlaceholderText("empty: the server's first model")
+        server_form.addRow("Model name", self.remote_model)
+        self.remote_api_key = QLineEdit(settings.remote_api_key)
+        self.remote_api_key.setEchoMode(QLineEdit.PasswordEchoOnEdit)
+        server_form.addRow("Server's API key", self.remote_api_key)
+        self.api_enabled = QCheckBox("Serve an OpenAI-compatible API to other programs on this computer")
+        self.api_enabled.setChecked(settings.api_enabled)
+        self.api_enabled.setToolTip("http://127.0.0.1:PORT/v1: /v1/chat/completions (with \"collection\" for cited "
+                                    "answers from your documents), /v1/embeddings, /v1/models. Only this computer "
+                                    "can reach it.")
+        server_form.addRow("", self.api_enabled)
+        self.api_port = _spin(1, 65535, settings.api_port, "the port on 127.0.0.1")
+        server_form.addRow("API port", self.api_port)
+        self.api_key = QLineEdit(settings.api_key)
+        self.api_key.setEchoMode(QLineEdit.PasswordEchoOnEdit)
+        self.api_key.setPlaceholderText("empty: no key needed (this computer only)")
+        server_form.addRow("API key", self.api_key)
+
         self.tabs = QTabWidget()
         for title, tab_form in (("Model", model_form), ("Documents", documents_form), ("Voice", voice_form),
-                                ("Tools", tools_form)):
+                                ("Tools", tools_form), ("Server", server_form)):
             page = QWidget()
             page.setLayout(tab_form)
             self.tabs.addTab(page, title)
@@ -213,6 +244,9 @@ class SettingsDialog(QDialog):
             confirm_code=self.confirm_code.isChecked(), tool_format=self.tool_format.currentData(),
             sandbox_wall_s=self.sandbox_wall_s.value(),
             sandbox_cpu_s=self.sandbox_cpu_s.value(), sandbox_memory_mb=self.sandbox_memory_mb.value(),
+            engine=self.engine.currentData(), remote_url=self.remote_url.text().strip(),
+            remote_model=self.remote_model.text().strip(), remote_api_key=self.remote_api_key.text().strip(),
+            api_enabled=self.api_enabled.isChecked(), api_port=self.api_port.value(), api_key=self.api_key.text().strip(),
         )
         return values
 
