@@ -122,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     mforget.add_argument("--all", action="store_true", help="everything")
 
     bench = sub.add_parser("bench", help="run a benchmark")
-    bench.add_argument("what", choices=["llm", "rag", "speech", "agent", "memory", "startup"])
+    bench.add_argument("what", choices=["llm", "rag", "speech", "agent", "memory", "startup", "api"])
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--model")
     bench.add_argument("--threads", type=int, default=0)
@@ -497,6 +497,9 @@ def _bench(args: argparse.Namespace) -> int:
     if args.what == "memory":  # --quick through python -m bench.memory
         from bench import memory as bench_memory
         return bench_memory.main(["--json"] if args.json else [])
+    if args.what == "api":  # --threads through python -m bench.api
+        from bench import api as bench_api
+        return bench_api.main(["--json"] if args.json else [])
     if args.what == "startup":  # --repeats through python -m bench.startup
         from bench import startup as bench_startup
         return bench_startup.main(["--json"] if args.json else [])

@@ -389,7 +389,9 @@ class _Indexer:
                         except queue.Full:
                             continue
             except _Cancelled:
-                pass
+                # No end marker: the consumer must not take a cancelled read for the end of the work (it
+                # would finish "normally"); it sees the cancel itself at its next check, within 0.2 s.
+                return
             except BaseException as exc:  # reported by the consumer, which owns the report
                 outcomes.put(("crash", None, exc))
                 return

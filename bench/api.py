@@ -1,0 +1,169 @@
+"""Benchmark the OpenAI-compatible API: `assistant serve` against llama-cpp-python's own server.
+
+`assistant bench api` (or `python -m bench.api`) starts each server in turn on loopback with the same
+model (the default SmolLM2-135M), context (2048) and threads, then runs 1, 8 and 32 concurrent clients
+(the official openai client, streaming), each asking a few short questions with max_tokens 32. For each
+it reports, side by side from the same run: requests per second, completion tokens per second over the
+whole run, and the median and 95th-percentile time to the first streamed token. Both servers write one
+answer at a time (one llama.cpp context), so extra clients queue: the figures show what each adds on
+top of the engine.
+
+This is a benchmark, not a test: it reports and never fails on a slow figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+QUESTIONS = ["Name a colour.", "What is two plus two?", "Say hello in French.", "Name a fruit.",
+             "What is the capital of Italy?", "Name an animal."]
+MAX_TOKENS = 32
+CLIENTS = (1, 8, 32)
+REQUESTS_EACH = {1: 6, 8: 2, 32: 1}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(kind: str, model: str, threads: int, home: str) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    env = {**os.environ, "ASSISTANT_HOME": home, "PYTHONPATH": str(ROOT)}
+    if kind == "app":
+        from assistant.config import Settings
+
+        os.environ["ASSISTANT_HOME"] = home
+        Settings(n_threads=threads, n_ctx=2048).save()
+        argv = [sys.executable, "-m", "assistant", "serve", "--port", str(port), "--model", model]
+    else:
+        argv = [sys.executable, "-m", "llama_cpp.server", "--model", model, "--host", "127.0.0.1", "--port", str(port),
+                "--n_ctx", "2048", "--n_threads", str(threads), "--n_batch", "512"]
+    log = open(Path(home) / f"{kind}.log", "w")  # noqa: SIM115 - the server's log, read on failure
+    proc = subprocess.Popen(argv, stdout=log, stderr=log, env=env, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{kind} server did not start:\n{(Path(home) / f'{kind}.log').read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(url + "/models", timeout=2).close()
+            return proc, url
+        except urllib.error.HTTPError:
+            return proc, url
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError(f"{kind} server did not answer within 180 s")
+
+
+def _load(url: str, clients: int, each: int) -> dict[str, Any]:
+    import openai
+
+    ttfts: list[float] = []
+    tokens = [0]
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def client(n: int) -> None:
+        c = openai.OpenAI(base_url=url, api_key="bench", max_retries=0, timeout=600)
+        model = c.models.list().data[0].id
+        for r in range(each):
+            question = QUESTIONS[(n + r) % len(QUESTIONS)]
+            started, first, usage = time.perf_counter(), None, None
+            try:
+                for chunk in c.chat.completions.create(
+                        model=model, stream=True, max_tokens=MAX_TOKENS, temperature=0.0,
+                        stream_options={"include_usage": True}, messages=[{"role": "user", "content": question}]):
+                    if first is None and any(ch.delta.content for ch in chunk.choices):
+                        first = time.perf_counter() - started
+                    usage = chunk.usage or usage
+            except Exception as exc:  # noqa: BLE001 - counted, reported
+                with lock:
+                    errors.append(str(exc)[:200])
+                continue
+            with lock:
+                if first is not None:
+                    ttfts.append(first)
+                tokens[0] += usage.completion_tokens if usage else 0
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    done = clients * each - len(errors)
+    ttfts.sort()
+    return {
+        "clients": clients, "requests": clients * each, "errors": len(errors), "error_samples": errors[:3],
+        "seconds": wall, "requests_per_s": done / wall, "tokens_per_s": tokens[0] / wall,
+        "ttft_p50_s": statistics.median(ttfts) if ttfts else None,
+        "ttft_p95_s": ttfts[min(len(ttfts) - 1, int(0.95 * len(ttfts)))] if ttfts else None,
+    }
+
+
+def run(threads: int) -> dict[str, Any]:
+    from assistant.llm.models import default_model_path
+
+    model = str(default_model_path())
+    results: dict[str, list[dict[str, Any]]] = {}
+    for kind in ("app", "llama_cpp"):
+        with tempfile.TemporaryDirectory(prefix=f"assistant-bench-api-{kind}-") as home:
+            proc, url = _start(kind, model, threads, home)
+            try:
+                _load(url, 1, 1)  # warm-up: first request's loading costs are not the API's
+                results[kind] = [_load(url, c, REQUESTS_EACH[c]) for c in CLIENTS]
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+    return {"model": Path(model).name, "threads": threads, "max_tokens": MAX_TOKENS, **results}
+
+
+def render(r: dict[str, Any]) -> str:
+    rows = [("clients", "measure", "assistant serve", "llama_cpp.server", "ratio")]
+    for ours, theirs in zip(r["app"], r["llama_cpp"], strict=True):
+        for key, name, unit in (("requests_per_s", "requests/s", ""), ("tokens_per_s", "completion tokens/s", ""),
+                                ("ttft_p50_s", "first token p50", " s"), ("ttft_p95_s", "first token p95", " s")):
+            a, b = ours[key], theirs[key]
+            rows.append((str(ours["clients"]), name, f"{a:.2f}{unit}" if a is not None else "-",
+                         f"{b:.2f}{unit}" if b is not None else "-", f"{a / b:.2f}×" if a and b else "-"))
+        rows.append((str(ours["clients"]), "errors", f"{ours['errors']}/{ours['requests']}",
+                     f"{theirs['errors']}/{theirs['requests']}", ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    head = (f"API throughput, {r['model']}, {r['threads']} threads, streaming, max_tokens {r['max_tokens']}, "
+            "the official openai client; ratio: ours / llama-cpp-python's server (higher is better for rates, "
+            "lower for times)")
+    return "\n".join([head] + ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows])
+
+
+def main(argv: list[str] | None = None) -> int:
+    from assistant.llm.engine import default_threads
+
+    p = argparse.ArgumentParser(prog="bench.api", description=__doc__.split("\n", 1)[0])
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--threads", type=int, default=default_threads())
+    args = p.parse_args(argv)
+    result = run(args.threads)
+    print(json.dumps(result) if args.json else render(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
