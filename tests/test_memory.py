@@ -206,6 +206,7 @@ def test_the_window_shows_what_was_remembered_and_the_panel_forgets_it(qtbot, is
     w._reload_messages()  # saved with the answer: shown again when the chat is read back
     qtbot.waitUntil(lambda: shown not in w.chat.bubbles and remembered_shown(), timeout=10_000)
 
+    qtbot.waitUntil(lambda: w.assistant.memory.count() == 2, timeout=60_000)  # remembered in the background
     w.open_memory()
     panel = w.memory_panel
     qtbot.waitUntil(lambda: panel.list.count() == 2 and panel.this_chat.isEnabled(), timeout=10_000)

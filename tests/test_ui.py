@@ -275,7 +275,8 @@ def test_all_collections_together_and_answering_from_a_whole_file(qtbot, window:
     (tmp_path / "pets").mkdir()
     (tmp_path / "pets" / "pets.md").write_text("# Pets\n\nThe lighthouse cat is called Biscuit. The mayor loves her.\n")
     # Passages alone (no neighbouring chunks, which would already give the model all of this short file).
-    window.assistant.update_settings(dataclasses.replace(window.assistant.settings, passage_neighbours=0), save=False)
+    window.apply_settings(dataclasses.replace(window.settings, passage_neighbours=0))  # as Settings' OK does
+    qtbot.waitUntil(lambda: window.assistant.settings.passage_neighbours == 0, timeout=10_000)
     panel = window.documents
     for folder in ("log", "pets"):
         panel.index_paths([tmp_path / folder], folder)
