@@ -105,6 +105,9 @@ def _model_name(path: str) -> str:
 class _Handler(BaseHTTPRequestHandler):
     server_version = f"assistant/{__version__}"
     protocol_version = "HTTP/1.1"
+    # Tokens are small writes: with Nagle's algorithm each waits for the client's delayed ACK (~40 ms on
+    # loopback), which made a 32-token answer take seconds.
+    disable_nagle_algorithm = True
 
     # -- plumbing ---------------------------------------------------------------------------------
 
