@@ -91,13 +91,15 @@ def test_remember_forget_and_turning_memory_off(isolated_home: Path) -> None:
     assistant.update_settings(Settings(max_tokens=16), save=False)
 
     # A deleted memory is never recalled again.
-    for m in assistant.memory.list():
-        if "4711" in m.text:
-            assert assistant.memory.forget(m.key)
+    forgotten = {m.key for m in assistant.memory.list() if "4711" in m.text}
+    for key in forgotten:
+        assert assistant.memory.forget(key)
     assert not assistant.memory.forget("memory:fact/0/nonexistent")
     events = _send(assistant, other.id, "What is my locker code?")
     assert not any("4711" in m["text"] for m in _recalled(events))
-    assert not any("4711" in m.text for m in assistant.recall("locker code 4711"))
+    # This new exchange may itself say 4711 (the chat's own history still holds it): only the forgotten
+    # memories must never come back.
+    assert not {m.key for m in assistant.recall("locker code 4711")} & forgotten
 
     # Deleting a chat removes what memory kept from it.
     assert any(m.chat_id == other.id for m in assistant.memory.list())
