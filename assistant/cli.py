@@ -25,6 +25,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        # The last exchange is put into long-term memory before the model and the files are let go.
+        while _OPENED:
+            _OPENED.pop().close()
+
+
+_OPENED: list = []  # the Assistants this command made, closed when it ends
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -102,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
                                                       "must be set to listen on any address but loopback")
     serve.add_argument("--model", help="a GGUF file to use instead of the one in Settings")
     serve.add_argument("--n-ctx", type=int, help="context size (default: Settings)")
+    serve.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                       help="let web pages of this origin (http://host:port, or null for a page opened from a file) "
+                            "call the API; pages on localhost always may (repeat for several; default: Settings)")
 
     chats = sub.add_parser("chats", help="saved chats: list or search them, export or import all of them")
     chatsub = chats.add_subparsers(dest="chats_command", required=True)
@@ -141,7 +151,9 @@ def _assistant(args: argparse.Namespace):
         settings.max_tokens = args.max_tokens
     if getattr(args, "temperature", None) is not None:
         settings.temperature = args.temperature
-    return Assistant(settings.validate())
+    assistant = Assistant(settings.validate())
+    _OPENED.append(assistant)
+    return assistant
 
 
 def _gui(args: argparse.Namespace) -> int:
@@ -567,17 +579,20 @@ def _serve(args: argparse.Namespace) -> int:
 
         assistant.update_settings(replace(assistant.settings, n_ctx=args.n_ctx), save=False)
     key = args.api_key if args.api_key is not None else os.environ.get("ASSISTANT_API_KEY", "")
-    server = ApiServer(assistant, args.host, args.port, key)  # refuses an open address without a key
+    origins = args.allow_origin or [assistant.settings.api_allowed_origins]
+    server = ApiServer(assistant, args.host, args.port, key, origins)  # refuses an open address without a key
     report = assistant.load_model()
     print(f"Serving {report.summary()} at {server.url} (OpenAI-compatible"
           f"{', API key required' if key else ''}). Ctrl+C stops.", flush=True)
+    # A service manager stops with SIGTERM: end as on Ctrl+C (answers stopped, threads joined, exit 0).
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         server.stop()
-        assistant.close()
     return 0
 
 

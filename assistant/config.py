@@ -106,6 +106,7 @@ class Settings:
     api_enabled: bool = False  # serve the OpenAI-compatible API (assistant serve) while the window is open
     api_port: int = 8765  # on 127.0.0.1 only, from the window
     api_key: str = ""  # clients must send it when set
+    api_allowed_origins: str = ""  # web pages (origins) that may call the API besides those on localhost
     n_ctx: int = 4096
     n_threads: int = 0  # 0: one per physical core, as llama.cpp does best
     n_gpu_layers: int = 0  # -1: every layer the backend can take
@@ -174,6 +175,9 @@ class Settings:
         for ok, message in checks:
             if not ok:
                 raise SettingsError(message)
+        from assistant.server import parse_origins
+
+        parse_origins(self.api_allowed_origins)  # SettingsError names a malformed origin
         return self
 
     @classmethod

@@ -234,11 +234,13 @@ class Assistant:
 
         if not (self.settings.memory_enabled and answer.strip()):
             return
+        from assistant import background
+
         with self._rag_lock:
             if self._memory_jobs is None:
-                self._memory_jobs = queue.Queue()
-                threading.Thread(target=self._memory_loop, args=(self._memory_jobs,), name="memory",
-                                 daemon=True).start()
+                jobs = self._memory_jobs = queue.Queue()
+                # At exit the thread finishes what it was handed (nothing told is lost), then ends.
+                background.start(self._memory_loop, jobs, name="memory", on_exit=lambda: jobs.put(None))
         self._memory_jobs.put((conversation_id, message_id, question, answer))
 
     def _memory_loop(self, jobs) -> None:
@@ -777,14 +779,19 @@ class Assistant:
         return tokens, start, len(turns) - start
 
     def close(self) -> None:
-        if self._memory_jobs is not None:
-            self._memory_jobs.put(None)  # after what is queued: nothing handed over is lost
-            self._memory_jobs.join()
-            self._memory_jobs = None
+        """Finish remembering, free the model and close the files. Safe to call twice; what is used
+        afterwards opens again."""
+        with self._rag_lock:
+            jobs, self._memory_jobs = self._memory_jobs, None
+        if jobs is not None:
+            jobs.put(None)  # after what is queued: nothing handed over is lost
+            jobs.join()
         self.unload_model()
         self.conversations.close()
-        if self._documents is not None:
-            self._documents.close()
+        with self._rag_lock:
+            documents, self._documents, self._memory = self._documents, None, None
+        if documents is not None:
+            documents.close()
 
 
 def source_dict(s: Source) -> dict:

@@ -10,6 +10,11 @@ Standard library only (http.server), one thread per connection. The model has on
 are written one at a time under Assistant.engine_lock; clients beyond the first wait their turn, and one
 that disconnects stops its answer. Bound to loopback by default; any other address needs an API key.
 Errors are JSON in OpenAI's shape: {"error": {"message", "type", "code"}} with a 4xx status.
+
+Web pages the user visits can send requests to loopback too, so without an API key a request must name
+this server by a loopback Host (a DNS-rebinding page names its own host), and with or without a key a
+request from a browser page must come from a loopback origin or one the user allowed (--allow-origin).
+POST bodies must be application/json: a cross-site "simple" request (text/plain, no preflight) is refused.
 """
 
 from __future__ import annotations
@@ -33,15 +38,60 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 8765
 MAX_BODY = 8 << 20  # a request bigger than this is refused (413), never read
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+# A connection that sends or takes nothing for this long is dropped: an idle client must not hold a thread
+# (nor keep stop() waiting) for ever.
+IDLE_TIMEOUT_S = 60
 
 
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """("host", port) from a Host header or an origin's authority; None when it is malformed."""
+    value = value.strip()
+    if value.startswith("["):  # [::1]:8765
+        end = value.find("]")
+        if end < 0:
+            return None
+        host, rest = value[1:end], value[end + 1:]
+        if rest and not rest.startswith(":"):
+            return None
+        port = rest[1:] if rest else None
+    else:
+        host, _, port = value.partition(":")
+        port = port if ":" in value else None
+    if not host or (port is not None and not (port.isdigit() and 0 < int(port) < 65536)):
+        return None
+    return host.lower(), int(port) if port is not None else None
+
+
+def origin_is_loopback(origin: str) -> bool:
+    scheme, sep, authority = origin.partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or "/" in authority:
+        return False
+    parsed = split_host(authority)
+    return parsed is not None and is_loopback(parsed[0])
+
+
+def parse_origins(value: str) -> list[str]:
+    """Origins the user allows to call the API from a web page, from a setting or flags: comma or space
+    separated, each scheme://host[:port] or null (a file:// page). SettingsError names a malformed one."""
+    out = []
+    for item in value.replace(",", " ").split():
+        item = item.rstrip("/")
+        scheme, sep, authority = item.partition("://")
+        if item != "null" and not (sep and scheme.lower() in ("http", "https") and "/" not in authority
+                                   and split_host(authority) is not None):
+            raise SettingsError(f"{item!r} is not a web origin: write it as http://host:port (or null for a page "
+                                "opened from a file).")
+        out.append(item if item == "null" else item.lower())
+    return out
 
 
 class ApiError(Exception):
@@ -57,37 +107,80 @@ class ApiError(Exception):
 class ApiServer:
     """The API over one Assistant; start() serves from a background thread until stop()."""
 
-    def __init__(self, assistant, host: str = "127.0.0.1", port: int = DEFAULT_PORT, api_key: str = "") -> None:
+    def __init__(self, assistant, host: str = "127.0.0.1", port: int = DEFAULT_PORT, api_key: str = "",
+                 allowed_origins: list[str] | tuple[str, ...] = ()) -> None:
         if not is_loopback(host) and not api_key:
             raise SettingsError(f"Serving on {host} lets other computers reach the model: set an API key "
                                 "(--api-key or ASSISTANT_API_KEY), or serve on 127.0.0.1.")
         self.assistant = assistant
         self.api_key = api_key
+        self.origins_setting = " ".join(allowed_origins)
+        self.allowed_origins = frozenset(parse_origins(self.origins_setting))
         try:
             self.httpd = ThreadingHTTPServer((host, port), _Handler)
         except OSError as exc:
             raise SettingsError(f"The API server could not listen on {host}:{port}: {exc.strerror or exc}. "
                                 "Is another program using that port?") from exc
-        self.httpd.daemon_threads = True
+        # Request threads are joined by server_close() (see stop): none may still be inside the model or the
+        # embedder when the process exits (assistant.background says why that aborts it).
+        self.httpd.daemon_threads = False
+        self.httpd.block_on_close = True
         self.httpd.api = self
         self.thread: threading.Thread | None = None
+        self._answers: set[threading.Event] = set()  # the stop events of answers being written
+        self._answers_lock = threading.Lock()
+        self._stopped = False
+        self._serving = False
 
     @property
     def url(self) -> str:
         host, port = self.httpd.server_address[:2]
         return f"http://{host}:{port}/v1"
 
+    @property
+    def port(self) -> int:
+        return self.httpd.server_address[1]
+
     def start(self) -> str:
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="api-server", daemon=True)
-        self.thread.start()
+        """Serve from a background thread; stop() (or the process's exit) ends it."""
+        from assistant import background
+
+        self._serving = True
+        self.thread = background.start(self.httpd.serve_forever, name="api-server", on_exit=self.stop)
         return self.url
 
     def serve_forever(self) -> None:
+        self._serving = True
         self.httpd.serve_forever()
 
     def stop(self) -> None:
-        self.httpd.shutdown()
+        """Stop answers being written (within a token), stop listening, and wait for every request thread."""
+        with self._answers_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            for stop in self._answers:
+                stop.set()
+        if self._serving:
+            self.httpd.shutdown()
         self.httpd.server_close()
+
+    def answer_started(self, stop: threading.Event) -> bool:
+        """Track an answer's stop event; False when the server is stopping (then no answer starts)."""
+        with self._answers_lock:
+            if self._stopped:
+                return False
+            self._answers.add(stop)
+            return True
+
+    def answer_ended(self, stop: threading.Event) -> None:
+        with self._answers_lock:
+            self._answers.discard(stop)
+
+    def origin_allowed(self, origin: str) -> bool:
+        origin = origin.rstrip("/")
+        return origin_is_loopback(origin) or origin.lower() in self.allowed_origins or (
+            origin == "null" and "null" in self.allowed_origins)
 
     def model_id(self) -> str:
         engine = self.assistant.engine
@@ -108,6 +201,8 @@ class _Handler(BaseHTTPRequestHandler):
     # Tokens are small writes: with Nagle's algorithm each waits for the client's delayed ACK (~40 ms on
     # loopback), which made a 32-token answer take seconds.
     disable_nagle_algorithm = True
+    timeout = IDLE_TIMEOUT_S
+    _origin_ok = False  # set per request once its Origin is found acceptable
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -117,6 +212,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, fmt: str, *args) -> None:
         log.info("api %s %s", self.address_string(), fmt % args)
+
+    def end_headers(self) -> None:
+        # A page of an origin that was let in may read the reply; no other origin is ever named.
+        headers = getattr(self, "headers", None)  # http.server's own errors come before headers are read
+        origin = headers.get("Origin") if headers is not None else None
+        if origin and self._origin_ok:
+            self.send_header("Access-Control-Allow-Origin", origin)
+            self.send_header("Vary", "Origin")
+        super().end_headers()
 
     def _send_json(self, status: int, body: dict) -> None:
         data = json.dumps(body).encode()
@@ -132,6 +236,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self, method: str) -> None:
         try:
+            self._check_host_and_origin()
+            if method == "OPTIONS":
+                self._preflight()
+                return
             self._authorise()
             route = self.path.split("?", 1)[0].rstrip("/")
             routes = {"/v1/models": ("GET", self._models), "/v1/chat/completions": ("POST", self._chat),
@@ -167,6 +275,41 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:  # noqa: N802
         self._handle("DELETE")
 
+    def do_OPTIONS(self) -> None:  # noqa: N802
+        self._handle("OPTIONS")
+
+    def _check_host_and_origin(self) -> None:
+        """Refuse what a web page could send: another site's Host (DNS rebinding) and foreign origins."""
+        api = self.api
+        self._origin_ok = False
+        if not api.api_key:
+            host = split_host(self.headers.get("Host") or "")
+            if host is None or not is_loopback(host[0]) or (host[1] or 80) != api.port:
+                raise ApiError(403, "This server answers only requests addressed to it on this computer (Host "
+                                    f"localhost:{api.port} or 127.0.0.1:{api.port}).", "permission_error",
+                               "host_not_allowed")
+        origin = self.headers.get("Origin")
+        if origin is not None:
+            if not api.origin_allowed(origin):
+                raise ApiError(403, f"Requests from web pages at {origin} are refused. To call the API from a web "
+                                    "page, allow its origin (assistant serve --allow-origin ORIGIN, or Settings ▸ "
+                                    "Server).", "permission_error", "origin_not_allowed")
+            self._origin_ok = True
+
+    def _preflight(self) -> None:
+        """A browser asks before a cross-origin JSON POST: say yes only to an origin that was let in."""
+        if not self._origin_ok:  # no Origin at all: not a browser's preflight
+            raise ApiError(403, "A preflight request needs an Origin.", "permission_error", "origin_not_allowed")
+        self._discard_body()
+        self.send_response(204)
+        self.send_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+        self.send_header("Access-Control-Allow-Headers", "Authorization, Content-Type")
+        self.send_header("Access-Control-Max-Age", "600")
+        self.send_header("Content-Length", "0")
+        self.send_header("Connection", "close")
+        self.close_connection = True
+        self.end_headers()
+
     def _authorise(self) -> None:
         key = self.api.api_key
         if not key:
@@ -185,6 +328,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _body(self) -> dict:
+        kind = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+        if kind != "application/json":
+            raise ApiError(415, "Send the request body as JSON, with 'Content-Type: application/json'.",
+                           code="unsupported_media_type")
         length = self.headers.get("Content-Length")
         if length is None or not length.isdigit():
             raise ApiError(411, "Send the request body with a Content-Length.", code="length_required")
@@ -231,13 +378,25 @@ class _Handler(BaseHTTPRequestHandler):
         stop = threading.Event()
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
-        with assistant.engine_lock:
-            events = assistant.stream(history, stop, collection=collection or None, memory_skip=None,
-                                      sampling=sampling)
-            if stream:
-                self._stream_chat(events, stop, completion_id, created, body)
-            else:
-                self._whole_chat(events, completion_id, created)
+        if not self.api.answer_started(stop):
+            raise ApiError(503, "The server is shutting down.", "server_error", "shutting_down")
+        try:
+            # Wait for the model in short steps: a server being stopped must not wait for the answers queued
+            # before this one (or the window's) to end.
+            while not assistant.engine_lock.acquire(timeout=0.1):
+                if stop.is_set():
+                    raise ApiError(503, "The server is shutting down.", "server_error", "shutting_down")
+            try:
+                events = assistant.stream(history, stop, collection=collection or None, memory_skip=None,
+                                          sampling=sampling)
+                if stream:
+                    self._stream_chat(events, stop, completion_id, created, body)
+                else:
+                    self._whole_chat(events, completion_id, created)
+            finally:
+                assistant.engine_lock.release()
+        finally:
+            self.api.answer_ended(stop)
 
     def _whole_chat(self, events, completion_id: str, created: int) -> None:
         sources, done = None, None

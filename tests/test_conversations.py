@@ -110,21 +110,21 @@ print("first-done", flush=True)
 for event in a.send(conv.id, "Now write a very long essay about the history of bread.", None):
     if isinstance(event, Token):
         print("streaming", flush=True)
+        sys.stdin.readline()  # hold the answer open mid-stream until the test kills us: its length never matters
 """
 
 
 def test_kill_9_while_streaming_loses_at_most_that_answer(isolated_home) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "ASSISTANT_HOME": str(isolated_home)})
-    seen = 0
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "ASSISTANT_HOME": str(isolated_home)})
     deadline = time.time() + 120
-    for line in proc.stdout:
-        if line.startswith("streaming"):
-            seen += 1
-            if seen == 10:
-                proc.send_signal(signal.SIGKILL)
-                break
+    for line in iter(proc.stdout.readline, ""):
         assert time.time() < deadline
+        if line.startswith("streaming"):  # the second answer is being written (and waits for us)
+            proc.send_signal(signal.SIGKILL)
+            break
+    else:
+        pytest.fail("the second answer never started streaming")
     proc.wait(30)
     assert proc.returncode == -signal.SIGKILL
     store = ConversationStore(isolated_home / "assistant.db")

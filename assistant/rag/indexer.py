@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from assistant import background
 from assistant.errors import AssistantError
 
 if TYPE_CHECKING:
@@ -397,8 +398,7 @@ class _Indexer:
                 return
             outcomes.put(None)
 
-        reader = threading.Thread(target=read, name="index-reader", daemon=True)
-        reader.start()
+        reader = background.start(read, name="index-reader", on_exit=stop_reader.set)
         try:
             while True:
                 outcome = self._next_read(outcomes)

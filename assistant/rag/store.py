@@ -944,7 +944,9 @@ class DocumentStore:
             return None
         if vec.hnsw is None and not vec.hnsw_building:
             vec.hnsw_building = True
-            threading.Thread(target=self._build_hnsw, args=(cid, vec), name="hnsw-build", daemon=True).start()
+            from assistant import background
+
+            background.start(self._build_hnsw, cid, vec, name="hnsw-build")  # faiss's C++: joined at exit
         return vec.hnsw
 
     def _build_hnsw(self, cid: int, vec: _Vectors) -> None:

@@ -798,8 +798,8 @@ class MainWindow(QMainWindow):
         if self.assistant is None:
             return
         running = self.api_server
-        wanted = (settings.api_port, settings.api_key) if settings.api_enabled else None
-        if running is not None and (wanted is None or (running.httpd.server_address[1], running.api_key) != wanted):
+        wanted = (settings.api_port, settings.api_key, settings.api_allowed_origins) if settings.api_enabled else None
+        if running is not None and (wanted is None or (running.port, running.api_key, running.origins_setting) != wanted):
             running.stop()
             self.api_server = None
             self.api_label.setText("")
@@ -808,7 +808,8 @@ class MainWindow(QMainWindow):
         from assistant.server import ApiServer
 
         try:
-            self.api_server = ApiServer(self.assistant, "127.0.0.1", settings.api_port, settings.api_key)
+            self.api_server = ApiServer(self.assistant, "127.0.0.1", settings.api_port, settings.api_key,
+                                        [settings.api_allowed_origins])
         except AssistantError as exc:
             self.chat.add("error", str(exc))
             return
@@ -1160,7 +1161,10 @@ class MainWindow(QMainWindow):
         QApplication.instance().removeEventFilter(self)
         if self.api_server is not None:
             self.api_server.stop()
-        if self.assistant is not None:  # the last exchange may still be on its way into long-term memory
-            self.tasks.submit(self.assistant.wait_for_memory)
-        self.tasks.wait(10_000)
+        self.tasks.wait(30_000)  # short disk work (exports, listings)
+        if self.assistant is not None:
+            # The window is gone already; this puts the last exchange into long-term memory (loading the
+            # embedder the first time: seconds) and frees the model. No thread of ours may still be inside
+            # torch or llama.cpp when the interpreter exits (assistant.background says why).
+            self.assistant.close()
         super().closeEvent(event)

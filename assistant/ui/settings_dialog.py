@@ -205,6 +205,12 @@ class SettingsDialog(QDialog):
         self.api_key.setEchoMode(QLineEdit.PasswordEchoOnEdit)
         self.api_key.setPlaceholderText("empty: no key needed (this computer only)")
         server_form.addRow("API key", self.api_key)
+        self.api_allowed_origins = QLineEdit(settings.api_allowed_origins)
+        self.api_allowed_origins.setPlaceholderText("none: only pages on localhost may call the API")
+        self.api_allowed_origins.setToolTip(
+            "Web pages that may call the API from your browser, as http://host:port (null: a page opened from a "
+            "file). Any other site is refused, so a page you visit cannot read your documents through the API.")
+        server_form.addRow("Web pages allowed", self.api_allowed_origins)
 
         self.tabs = QTabWidget()
         for title, tab_form in (("Model", model_form), ("Documents", documents_form), ("Voice", voice_form),
@@ -247,6 +253,7 @@ class SettingsDialog(QDialog):
             engine=self.engine.currentData(), remote_url=self.remote_url.text().strip(),
             remote_model=self.remote_model.text().strip(), remote_api_key=self.remote_api_key.text().strip(),
             api_enabled=self.api_enabled.isChecked(), api_port=self.api_port.value(), api_key=self.api_key.text().strip(),
+            api_allowed_origins=self.api_allowed_origins.text().strip(),
         )
         return values
 
