@@ -117,7 +117,7 @@ class ApiServer:
         self.origins_setting = " ".join(allowed_origins)
         self.allowed_origins = frozenset(parse_origins(self.origins_setting))
         try:
-            self.httpd = ThreadingHTTPServer((host, port), _Handler)
+            self.httpd = _HttpServer((host, port), _Handler)
         except OSError as exc:
             raise SettingsError(f"The API server could not listen on {host}:{port}: {exc.strerror or exc}. "
                                 "Is another program using that port?") from exc
@@ -187,6 +187,11 @@ class ApiServer:
         if engine is not None:
             return getattr(engine, "model", None) or _model_name(engine.report.model_path)
         return self.assistant.model_name()
+
+
+class _HttpServer(ThreadingHTTPServer):
+    # socketserver's default backlog of 5 made the kernel refuse some of a burst of clients (connection reset).
+    request_queue_size = 128
 
 
 def _model_name(path: str) -> str:

@@ -30,6 +30,8 @@ def test_settings_round_trip(isolated_home) -> None:
         ({"n_gpu_layers": -5}, "GPU layers"),
         ({"n_threads": 2.5}, "n_threads"),
         ({"theme": "purple"}, "Theme"),
+        ({"api_allowed_origins": "notes.example.org"}, "not a web origin"),
+        ({"api_allowed_origins": "http://ok.example, https://x.example/page"}, "not a web origin"),
     ],
 )
 def test_invalid_values_are_refused_plainly(values, message) -> None:

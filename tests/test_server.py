@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import socket
 import subprocess
@@ -144,8 +145,8 @@ def test_malformed_requests_get_4xx_json_errors(served: ApiServer, method, path,
 def test_an_oversized_body_is_refused_unread(served: ApiServer) -> None:
     host, port = served.httpd.server_address[:2]
     with socket.create_connection((host, port), timeout=30) as s:
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: 999999999\r\n\r\n")
+        s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode()
+                  + b"Content-Type: application/json\r\nContent-Length: 999999999\r\n\r\n")
         reply = b""
         while b'"}' not in reply:  # headers and the JSON body may come in separate packets
             part = s.recv(65536)
@@ -154,6 +155,105 @@ def test_an_oversized_body_is_refused_unread(served: ApiServer) -> None:
             reply += part
         reply = reply.decode()
     assert reply.startswith("HTTP/1.1 413") and "larger than" in reply
+
+
+def raw_http(server: ApiServer, method: str, path: str, body: bytes | None = None, **headers: str):
+    """A raw request whose headers are exactly those given (http.client adds Host unless one is given)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+    try:
+        conn.putrequest(method, path, skip_host="Host" in headers, skip_accept_encoding=True)
+        for name, value in headers.items():
+            conn.putheader(name.replace("_", "-"), value)
+        if body is not None:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        reply = conn.getresponse()
+        data = reply.read()
+        return reply.status, dict(reply.getheaders()), json.loads(data) if data else None
+    finally:
+        conn.close()
+
+
+RAG = json.dumps({"collection": "garden", "max_tokens": 8,
+                  "messages": [{"role": "user", "content": "Where is the greenhouse key?"}]}).encode()
+
+
+def test_a_dns_rebinding_host_is_refused_without_a_key(served: ApiServer) -> None:
+    port = served.port
+    for host in (f"rebind.attacker.example:{port}", "attacker.example", f"127.0.0.1.nip.io:{port}",
+                 f"localhost:{port + 1}", "127.0.0.1", ""):
+        status, headers, body = raw_http(served, "POST", "/v1/chat/completions", RAG, Host=host,
+                                     Content_Type="application/json")
+        assert status == 403, host
+        assert body["error"]["code"] == "host_not_allowed" and "blue flowerpot" not in json.dumps(body)
+        assert "Access-Control-Allow-Origin" not in headers
+    status, _, body = raw_http(served, "GET", "/v1/models", Host=f"attacker.example:{port}")
+    assert status == 403 and body["error"]["type"] == "permission_error"
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}", f"127.8.9.10:{port}"):
+        status, _, body = raw_http(served, "GET", "/v1/models", Host=host)
+        assert status == 200, host
+
+
+def test_cross_site_requests_from_web_pages_are_refused(served: ApiServer) -> None:
+    port = served.port
+    for kind in ("text/plain", "application/json", "application/x-www-form-urlencoded"):
+        status, headers, body = raw_http(served, "POST", "/v1/chat/completions", RAG, Content_Type=kind,
+                                     Origin="https://attacker.example")
+        assert status == 403 and body["error"]["code"] == "origin_not_allowed", kind
+        assert "Access-Control-Allow-Origin" not in headers and "blue flowerpot" not in json.dumps(body)
+    for origin in ("null", "http://localhost.attacker.example", f"http://attacker.example:{port}", "file://"):
+        status, _, body = raw_http(served, "GET", "/v1/models", Origin=origin)
+        assert status == 403, origin
+    # A "simple" cross-site POST can carry no Origin in old browsers: a body that is not JSON is refused too.
+    status, _, body = raw_http(served, "POST", "/v1/chat/completions", RAG, Content_Type="text/plain")
+    assert status == 415 and "application/json" in body["error"]["message"]
+    status, _, body = raw_http(served, "POST", "/v1/chat/completions", RAG)
+    assert status == 415
+    # The preflight a browser sends before a JSON POST is never answered with a foreign origin.
+    status, headers, _ = raw_http(served, "OPTIONS", "/v1/chat/completions", Origin="https://attacker.example",
+                              Access_Control_Request_Method="POST", Access_Control_Request_Headers="content-type")
+    assert status == 403 and "Access-Control-Allow-Origin" not in headers
+
+
+def test_loopback_pages_and_allowed_origins_may_call_the_api(served: ApiServer) -> None:
+    mine = f"http://localhost:{served.port + 7}"
+    status, headers, _ = raw_http(served, "OPTIONS", "/v1/chat/completions", Origin=mine,
+                              Access_Control_Request_Method="POST", Access_Control_Request_Headers="content-type")
+    assert status == 204 and headers["Access-Control-Allow-Origin"] == mine
+    assert "POST" in headers["Access-Control-Allow-Methods"] and "Content-Type" in headers[
+        "Access-Control-Allow-Headers"]
+    status, headers, body = raw_http(served, "GET", "/v1/models", Origin=mine)
+    assert status == 200 and headers["Access-Control-Allow-Origin"] == mine and body["data"]
+    with pytest.raises(SettingsError, match="not a web origin"):
+        ApiServer(served.assistant, "127.0.0.1", 0, allowed_origins=["ftp://x"])
+    allowed = ApiServer(served.assistant, "127.0.0.1", 0, allowed_origins=["https://notes.example.org/"])
+    allowed.start()
+    try:
+        status, headers, body = raw_http(allowed, "POST", "/v1/chat/completions", RAG, Content_Type="application/json",
+                                     Origin="https://notes.example.org")
+        assert status == 200 and headers["Access-Control-Allow-Origin"] == "https://notes.example.org"
+        assert body["sources"]
+        status, headers, _ = raw_http(allowed, "GET", "/v1/models", Origin="https://other.example.org")
+        assert status == 403 and "Access-Control-Allow-Origin" not in headers
+    finally:
+        allowed.stop()
+
+
+def test_with_an_api_key_the_key_decides_not_the_host(served: ApiServer) -> None:
+    keyed = ApiServer(served.assistant, "127.0.0.1", 0, api_key="s3cret")
+    keyed.start()
+    try:
+        status, _, body = raw_http(keyed, "GET", "/v1/models", Host="my-desktop.lan:1234",
+                               Authorization="Bearer s3cret")
+        assert status == 200 and body["data"]
+        status, _, body = raw_http(keyed, "GET", "/v1/models", Host="my-desktop.lan:1234")
+        assert status == 401 and body["error"]["code"] == "invalid_api_key"
+        # A page elsewhere still cannot use a key it got hold of: its origin is refused first.
+        status, _, body = raw_http(keyed, "GET", "/v1/models", Origin="https://attacker.example",
+                               Authorization="Bearer s3cret")
+        assert status == 403
+    finally:
+        keyed.stop()
 
 
 def test_32_concurrent_streaming_clients_all_get_their_answers(served: ApiServer) -> None:
@@ -176,7 +276,7 @@ def test_32_concurrent_streaming_clients_all_get_their_answers(served: ApiServer
         t.start()
     for t in threads:
         t.join(timeout=300)
-    assert not errors, errors[:3]
+    assert not errors, [(e, e.__cause__, getattr(e.__cause__, "__context__", None)) for e in errors[:3]]
     assert sorted(results) == list(range(32)) and all(results.values())
 
 
@@ -217,7 +317,8 @@ def test_assistant_serve_from_the_command_line(isolated_home: Path) -> None:
                              capture_output=True, text=True, timeout=60,
                              env={**__import__("os").environ, "ASSISTANT_API_KEY": ""})
     assert refused.returncode == 1 and "API key" in refused.stderr
-    proc = subprocess.Popen([sys.executable, "-m", "assistant", "serve", "--port", str(port), "--n-ctx", "1024"],
+    proc = subprocess.Popen([sys.executable, "-m", "assistant", "serve", "--port", str(port), "--n-ctx", "1024",
+                             "--allow-origin", "https://notes.example.org"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
@@ -225,6 +326,11 @@ def test_assistant_serve_from_the_command_line(isolated_home: Path) -> None:
         reply = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0).chat.completions.create(
             model="default", max_tokens=5, messages=[{"role": "user", "content": "Hello"}])
         assert reply.choices[0].message.content is not None
+        for origin, status in (("https://notes.example.org", 200), ("https://attacker.example", 403)):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            conn.request("GET", "/v1/models", headers={"Origin": origin})
+            assert conn.getresponse().status == status, origin
+            conn.close()
     finally:
         proc.terminate()
         proc.wait(timeout=30)
