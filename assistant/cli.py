@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import signal
 import sys
@@ -172,7 +173,7 @@ def _gui(args: argparse.Namespace) -> int:
 
 
 def _ask(args: argparse.Namespace) -> int:
-    from assistant.events import AgentStep, Done, Error, Recalled, Sources
+    from assistant.events import AgentStep, Done, Error, Recalled, Remembered, Sources
 
     if bool(args.question) == bool(args.audio):
         print("assistant: give a question, or --audio FILE with a recording of one (not both).", file=sys.stderr)
@@ -196,15 +197,20 @@ def _ask(args: argparse.Namespace) -> int:
             print(f"Heard: {question}", file=sys.stderr)
     with _ctrl_c_sets(stop):
         if args.agent or args.pal:
+            kept = assistant.keep_fact(question)
             run = assistant.agent(question, stop, _collections(args.collection), pal=args.pal, confirm=_confirm_on_tty)
+            run = itertools.chain([kept] if kept else [], run)
         else:
             run = assistant.ask(question, stop, _collections(args.collection))
         events = list(_echo(run, args.json))
     sources = None
     steps = []
     memories: list[dict] = []
+    remembered = None
     for event in events:
-        if isinstance(event, Recalled):
+        if isinstance(event, Remembered):
+            remembered = event
+        elif isinstance(event, Recalled):
             memories += [{"text": m["text"], "chat_id": m["chat_id"], "when": m["when"], "key": m["key"]}
                          for m in event.memories]
         elif isinstance(event, AgentStep):
@@ -237,12 +243,16 @@ def _ask(args: argparse.Namespace) -> int:
                 result["steps"] = steps
             if memories:
                 result["memories"] = memories
+            if remembered is not None:
+                result["remembered"] = {"fact": remembered.fact, "key": remembered.key}
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
     else:
         print()
         if result["finish_reason"] != "stop":
             print(f"[{_summary(events[-1])}]", file=sys.stderr)
+        if remembered is not None:
+            print(f"[{_kept(remembered)}]", file=sys.stderr)
         for s in sources.sources if sources else ():
             place = Path(s.file).name + (f", page {s.page}" if s.page else "")
             print(f"[{s.n}] {place}: {' '.join(s.text.split())[:100]}…", file=sys.stderr)
@@ -399,8 +409,12 @@ def _echo(events, quiet: bool):
         yield event
 
 
+def _kept(event) -> str:
+    return f"Kept in memory: {event.fact} (assistant memory forget {event.key} removes it)"
+
+
 def _chat(args: argparse.Namespace) -> int:
-    from assistant.events import ContextTrimmed, Done, Error, Token
+    from assistant.events import ContextTrimmed, Done, Error, Remembered, Token
 
     assistant = _assistant(args)
     print("Loading the model...", file=sys.stderr)
@@ -428,6 +442,8 @@ def _chat(args: argparse.Namespace) -> int:
                     print(f"[{event.dropped_messages} older messages left out to fit the context]", file=sys.stderr)
                 elif isinstance(event, Error):
                     print(f"\n{event.message}", file=sys.stderr)
+                elif isinstance(event, Remembered):
+                    print(f"[{_kept(event)}]", file=sys.stderr)
                 elif isinstance(event, Done):
                     print(f"\n[{_summary(event)}]", file=sys.stderr)
 

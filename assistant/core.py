@@ -22,6 +22,7 @@ from assistant.events import (
     Error,
     Event,
     Recalled,
+    Remembered,
     Source,
     Sources,
     Summarised,
@@ -529,7 +530,11 @@ class Assistant:
         if not question.strip():
             yield Error("Type a question first: the message is empty.")
             return
-        yield from self.stream(self.with_system([{"role": "user", "content": question}]), stop, collection)
+        kept = self.keep_fact(question)
+        if kept is not None:
+            yield kept
+        yield from self.stream(self.with_system([{"role": "user", "content": question}], note=_kept_note(kept)), stop,
+                               collection, memory_skip={kept.key} if kept else frozenset())
 
     def send(self, conversation_id: int, text: str, stop: threading.Event | None = None,
              collection: str | Sequence[str] | None = None) -> Iterator[Event]:
@@ -538,21 +543,32 @@ class Assistant:
             yield Error("Type a question first: the message is empty.")
             return
         try:
-            chat = self.conversations.get(conversation_id)
-            self.conversations.add_message(conversation_id, "user", text)
-            self._note_fact(chat, text)
+            kept = self._note_fact(conversation_id, text)
         except AssistantError as exc:
             yield Error(str(exc))
             return
+        if kept is not None:
+            yield kept
         yield from self._answer(conversation_id, stop, collection=collection)
 
-    def _note_fact(self, chat, text: str) -> None:
-        """'Remember that ...' keeps the fact as an explicit memory (when memory is on for the chat)."""
+    def _note_fact(self, conversation_id: int, text: str) -> Remembered | None:
+        """Save the user's message; "remember that ..." also keeps the fact as an explicit memory (when memory
+        is on for the chat), noted in the message's meta so its answers say so, now and after a restart."""
+        chat = self.conversations.get(conversation_id)
+        kept = self.keep_fact(text, chat.id) if chat.memory else None
+        meta = {"remembered": {"fact": kept.fact, "key": kept.key}} if kept else None
+        self.conversations.add_message(conversation_id, "user", text, meta)
+        return kept
+
+    def keep_fact(self, text: str, chat_id: int | None = None) -> Remembered | None:
+        """Keep the fact in "remember that ...", if the message says so and long-term memory is on."""
         from assistant.memory.longterm import fact_to_remember
 
         fact = fact_to_remember(text)
-        if fact and self.settings.memory_enabled and chat.memory:
-            self.memory.remember_fact(fact, chat.id)
+        if not fact or not self.settings.memory_enabled:
+            return None
+        memory = self.memory.remember_fact(fact, chat_id)
+        return Remembered(memory.text, memory.key)
 
     def send_with_tools(self, conversation_id: int, text: str, stop: threading.Event | None = None,
                         collection: str | Sequence[str] | None = None, pal: bool = False,
@@ -565,12 +581,12 @@ class Assistant:
             yield Error("Type a question first: the message is empty.")
             return
         try:
-            chat = self.conversations.get(conversation_id)
-            self.conversations.add_message(conversation_id, "user", text)
-            self._note_fact(chat, text)
+            kept = self._note_fact(conversation_id, text)
         except AssistantError as exc:
             yield Error(str(exc))
             return
+        if kept is not None:
+            yield kept
         steps: list[dict] = []
         history = [{"role": m.role, "content": m.content} for m in self.conversations.messages(conversation_id)[:-1]
                    if m.role in ("user", "assistant") and m.content.strip()]
@@ -641,10 +657,14 @@ class Assistant:
         # Exchanges of this chat still in the prompt need not be recalled; those summarised away may be.
         skip = {f"memory:chat/{conversation_id}/{m.id}" for m in messages if m.role == "assistant"}
         question = messages[-1].content if messages else ""
+        told = messages[-1].meta.get("remembered") if messages and messages[-1].role == "user" else None
+        kept = Remembered(told["fact"], told["key"]) if told else None
+        if kept is not None:
+            skip.add(kept.key)  # the fact just told is in the question already
         sources: Sources | None = None
         recalled: Recalled | None = None
-        for event in self.stream(self.with_system(_dicts(messages), summary), stop, collection, whole_document,
-                                 skip if chat.memory else None):
+        for event in self.stream(self.with_system(_dicts(messages), summary, _kept_note(kept)), stop, collection,
+                                 whole_document, skip if chat.memory else None):
             if isinstance(event, Sources):
                 sources = event
             if isinstance(event, Recalled):
@@ -660,6 +680,8 @@ class Assistant:
                         meta["whole_document"] = sources.whole_document
                 if recalled is not None:
                     meta["memories"] = list(recalled.memories)
+                if kept is not None:
+                    meta["remembered"] = told
                 if replaces is not None:
                     self.conversations.delete_from(conversation_id, replaces)
                 if replaces is not None:
@@ -671,10 +693,12 @@ class Assistant:
                 continue
             yield event
 
-    def with_system(self, history: list[dict[str, str]], summary: str = "") -> list[dict[str, str]]:
+    def with_system(self, history: list[dict[str, str]], summary: str = "", note: str = "") -> list[dict[str, str]]:
         prompt = self.settings.system_prompt.strip()
         if summary:
             prompt = (prompt + "\n\n" if prompt else "") + f"Notes on the earlier part of this conversation:\n{summary}"
+        if note:
+            prompt = (prompt + "\n\n" if prompt else "") + note
         return ([{"role": "system", "content": prompt}] if prompt else []) + history
 
     def _summarise(self, previous: str, messages: list, stop: threading.Event | None) -> str:
@@ -797,6 +821,14 @@ class Assistant:
 def source_dict(s: Source) -> dict:
     """A source as saved with the answer and shown under it."""
     return {"n": s.n, "file": s.file, "page": s.page, "text": s.text, "chunk_id": s.chunk_id, "why": list(s.why)}
+
+
+def _kept_note(kept: Remembered | None) -> str:
+    """Tells the model a fact was saved, so its answer acknowledges it instead of promising what it cannot do."""
+    if kept is None:
+        return ""
+    return (f'The app has saved this to your long-term memory, as the user asked: "{kept.fact}". '
+            "Confirm briefly that you will remember it, then answer anything else the message asks.")
 
 
 def _alternating(messages: list) -> list:

@@ -55,6 +55,14 @@ class Recalled:
 
 
 @dataclass(frozen=True)
+class Remembered:
+    """The user's message asked to keep a fact ("remember that ..."): it is now a long-term memory."""
+
+    fact: str
+    key: str
+
+
+@dataclass(frozen=True)
 class Summarised:
     """The chat's early turns no longer fit the context: the model summarised them, and the summary stands in."""
 
@@ -96,4 +104,4 @@ class Error:
     message: str
 
 
-Event = Token | ContextTrimmed | Sources | Recalled | Summarised | AgentStep | Done | Error
+Event = Token | ContextTrimmed | Sources | Recalled | Remembered | Summarised | AgentStep | Done | Error

@@ -9,6 +9,12 @@ answer at a time (one llama.cpp context). Extra clients queue on ours; llama-cpp
 default interrupts the answer being streamed when a new request arrives, so the table also counts the
 answers that ran to their end and the tokens each client received.
 
+Two more rows measure the HTTP stack alone, which is what moving to an ASGI server (llama-cpp-python's is
+FastAPI on uvicorn) would change: GET /v1/models requests/s from 1 and 8 clients, each keeping one
+http.client connection (reused where the server keeps it alive; ours closes after each reply, so the
+client reconnects), and the time to answer one request while 200 other connections sit idle half-way
+through their headers (a slow or hostile client must not lock others out).
+
 This is a benchmark, not a test: it reports and never fails on a slow figure.
 """
 
@@ -127,6 +133,56 @@ def _load(url: str, clients: int, each: int) -> dict[str, Any]:
     }
 
 
+def _http_only(url: str, clients: int, each: int) -> float:
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    errors: list[str] = []
+
+    def client() -> None:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+        for _ in range(each):
+            try:
+                conn.request("GET", "/v1/models")
+                conn.getresponse().read()
+            except OSError as exc:
+                errors.append(str(exc))
+                conn.close()
+        conn.close()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return (clients * each - len(errors)) / (time.perf_counter() - started)
+
+
+def _with_idle_connections(url: str, idle: int = 200) -> float | None:
+    """Seconds to answer GET /v1/models while `idle` connections have sent half a request; None: no answer."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    held = []
+    try:
+        for _ in range(idle):
+            s = socket.create_connection((parts.hostname, parts.port), timeout=10)
+            s.sendall(f"GET /v1/models HTTP/1.1\r\nHost: {parts.netloc}\r\n".encode())  # never finished
+            held.append(s)
+        time.sleep(0.5)
+        started = time.perf_counter()
+        try:
+            urllib.request.urlopen(url + "/models", timeout=30).close()
+        except OSError:
+            return None
+        return time.perf_counter() - started
+    finally:
+        for s in held:
+            s.close()
+
+
 def run(threads: int) -> dict[str, Any]:
     from assistant.llm.models import default_model_path
 
@@ -138,6 +194,9 @@ def run(threads: int) -> dict[str, Any]:
             try:
                 _load(url, 1, 1)  # warm-up: first request's loading costs are not the API's
                 results[kind] = [_load(url, c, REQUESTS_EACH[c]) for c in CLIENTS]
+                results[f"{kind}_http"] = {"models_rps_1": _http_only(url, 1, 300),
+                                           "models_rps_8": _http_only(url, 8, 100),
+                                           "idle_200_s": _with_idle_connections(url)}
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
@@ -157,6 +216,13 @@ def render(r: dict[str, Any]) -> str:
         rows.append((str(ours["clients"]), "answers complete / errors",
                      f"{ours['complete']}/{ours['requests']} / {ours['errors']}",
                      f"{theirs['complete']}/{theirs['requests']} / {theirs['errors']}", ""))
+    ours, theirs = r["app_http"], r["llama_cpp_http"]
+    for key, clients, name in (("models_rps_1", "1", "GET /v1/models per s"), ("models_rps_8", "8", "GET /v1/models per s"),
+                               ("idle_200_s", "1", "answer with 200 idle conns")):
+        a, b = ours[key], theirs[key]
+        unit = " s" if key == "idle_200_s" else ""
+        rows.append((clients, name, f"{a:.3f}{unit}" if a is not None else "no answer",
+                     f"{b:.3f}{unit}" if b is not None else "no answer", f"{a / b:.2f}×" if a and b else "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     head = (f"API throughput, {r['model']}, {r['threads']} threads, streaming, max_tokens {r['max_tokens']}, "
             "the official openai client; ratio: ours / llama-cpp-python's server (higher is better for rates, "

@@ -14,7 +14,7 @@ import pytest
 
 from assistant.config import Settings
 from assistant.core import Assistant
-from assistant.events import Done, Recalled, Summarised
+from assistant.events import Done, Recalled, Remembered, Summarised
 from assistant.memory.longterm import MEMORY, fact_to_remember
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +35,25 @@ def _recalled(events: list) -> list[dict]:
     ("Remember that my locker code is 4711.", "my locker code is 4711"),
     ("please remember: the wifi password is 'tulip-42'", "the wifi password is 'tulip-42'"),
     ("Note that I am allergic to peanuts!", "I am allergic to peanuts"),
+    ("Please remember this: my sailboat is named Halcyon Drift.", "my sailboat is named Halcyon Drift"),
+    ("Remember: my sister's birthday is 12 May.", "my sister's birthday is 12 May"),
+    ("Don't forget that the boiler service is on Friday.", "the boiler service is on Friday"),
+    ("do not forget my badge number is 88123", "my badge number is 88123"),
+    ("Can you remember that I prefer metric units?", "I prefer metric units"),
+    ("Hey, keep in mind that I am vegetarian.", "I am vegetarian"),
+    ("For future reference, my employee ID is E-5521.", "my employee ID is E-5521"),
+    ("Make a note that the car is due for its MOT in March.", "the car is due for its MOT in March"),
+    ("My locker code is 4711, remember that.", "My locker code is 4711"),
+    ("My train leaves at 7:40. Please don't forget it!", "My train leaves at 7:40"),
+    ("I bought a boat. Please remember: it is called Halcyon Drift.", "I bought a boat. it is called Halcyon Drift"),
+    ("What time is it in Oslo? Also, remember that I live in Bergen.", "I live in Bergen"),
     ("Do you remember what I said?", None),
+    ("Can you remember what my dog is called?", None),
+    ("I can't remember the name of that film.", None),
+    ("I remember that the capital is Rome.", None),
+    ("Write a note about cats.", None),
+    ("Remember that.", None),
+    ("Remember me?", None),
     ("What is 2 + 2?", None),
 ])
 def test_which_messages_ask_to_remember(message: str, fact: str | None) -> None:
@@ -108,6 +126,34 @@ def test_remember_forget_and_turning_memory_off(isolated_home: Path) -> None:
     assistant.close()
 
 
+def test_a_fact_told_in_other_words_is_kept_and_the_answer_says_so(isolated_home: Path) -> None:
+    assistant = Assistant(Settings(max_tokens=16, temperature=0.0))
+    chat = assistant.conversations.create()
+    events = _send(assistant, chat.id, "Please remember this: my sailboat is named Halcyon Drift.")
+    kept = [e for e in events if isinstance(e, Remembered)]
+    assert [k.fact for k in kept] == ["my sailboat is named Halcyon Drift"]
+    assert kept[0].key in {m.key for m in assistant.memory.list()}
+    assert not _recalled(events)  # the fact just told is not "recalled" into its own answer
+    answer = assistant.conversations.messages(chat.id)[-1]
+    assert answer.meta["remembered"] == {"fact": kept[0].fact, "key": kept[0].key}  # shown again after a restart
+    # The model is told the fact was saved, so it need not pretend it cannot remember.
+    prompt = assistant.with_system([], note="x")[0]["content"]
+    assert prompt.endswith("x")
+    other = assistant.conversations.create()
+    recalled = _recalled(_send(assistant, other.id, "What is my sailboat called?"))
+    assert any("Halcyon Drift" in m["text"] for m in recalled)
+    # A one-off question (`ask`) keeps a fact too.
+    events = list(assistant.ask("Don't forget that my badge number is 88123."))
+    assert [e.fact for e in events if isinstance(e, Remembered)] == ["my badge number is 88123"]
+    assert any(m.text == "my badge number is 88123" and m.chat_id is None for m in assistant.memory.list())
+    # With memory off, nothing is kept and nothing claims it was.
+    assistant.update_settings(Settings(max_tokens=16, memory_enabled=False), save=False)
+    events = list(assistant.ask("Remember that my bike lock code is 2468."))
+    assert not any(isinstance(e, Remembered) for e in events)
+    assert not any("2468" in m.text for m in assistant.memory.list())
+    assistant.close()
+
+
 def test_regenerating_an_answer_replaces_its_memory(isolated_home: Path) -> None:
     assistant = Assistant(Settings(max_tokens=16))
     chat = assistant.conversations.create()
@@ -171,6 +217,12 @@ def test_cli_memory_and_ask_json(isolated_home: Path) -> None:
     assert cli("memory", "forget", "memory:fact/0/nothing").returncode == 1
     asked = json.loads(cli("ask", "--json", "--max-tokens", "16", "What is my cat called?").stdout)
     assert "memories" not in asked
+    told = cli("ask", "--max-tokens", "16", "Remember that my cat is called Pudding.")
+    assert told.returncode == 0, told.stderr
+    assert "Kept in memory: my cat is called Pudding" in told.stderr and "memory forget memory:fact/0/" in told.stderr
+    assert [m["text"] for m in json.loads(cli("memory", "list", "--json").stdout)] == ["my cat is called Pudding"]
+    asked = json.loads(cli("ask", "--json", "--max-tokens", "16", "What is my cat called?").stdout)
+    assert asked["memories"][0]["text"] == "my cat is called Pudding" and "remembered" not in asked
 
 
 @pytest.mark.slow
@@ -195,6 +247,15 @@ def test_the_window_shows_what_was_remembered_and_the_panel_forgets_it(qtbot, is
     ask("My dog is called Rex and he is a beagle.")
     first = w.conversation_id
     qtbot.waitUntil(lambda: w.assistant.memory.count() == 1, timeout=60_000)
+    ask("Oh, and please remember: Rex's vet is Dr Okafor.")
+    kept = [b for b in w.chat.bubbles if b.role == "assistant"][-1]
+    assert kept.memories_label.isVisible() and "Kept in memory:" in kept.memories_label.text()
+    assert "Dr Okafor" in kept.memories_label.text()
+    qtbot.waitUntil(lambda: w.assistant.memory.count() == 3, timeout=60_000)  # the fact and the exchange
+    for m in w.assistant.memory.list():
+        if m.kind == "fact" or "Okafor" in m.text:
+            w.assistant.memory.forget(m.key)  # the rest of the test counts the Rex memories only
+    assert w.assistant.memory.count() == 1
     w.new_chat()
     qtbot.waitUntil(lambda: w.conversation_id not in (None, first), timeout=10_000)
     ask("What is my dog called?")

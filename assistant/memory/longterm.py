@@ -19,7 +19,27 @@ from dataclasses import dataclass
 MEMORY = "~memory"  # "~": the app's own collection, never listed or searched as documents
 POOL = 30  # candidates from each search before fusion (documents use 100): a third of the time, same recall here
 EXCHANGE_CHARS = 1200  # of one exchange; the embedder reads 256 tokens, the prompt gets the first part
-_REMEMBER = re.compile(r"^\s*(?:please\s+)?(?:remember|note|keep in mind)\s*(?:that\s+|:\s*)?(.+)", re.I | re.S)
+# A fact to keep is said in a sentence or two; a longer message (a pasted text) is not scanned for one, which
+# also keeps the patterns below (quadratic at worst) cheap.
+FACT_MESSAGE_CHARS = 1000
+# "Remember that X", "please remember this: X", "don't forget X", "note that X", "can you remember X", at
+# the start of the message or of a later sentence; and "X. Remember that." / "X, don't forget it!" at its end.
+_POLITE = r"(?:(?:ok(?:ay)?|hey|so|also|and|oh|btw|by the way)[,\s]+){0,3}(?:please[,\s]+|pls[,\s]+|kindly\s+|" \
+          r"(?:can|could|would|will)\s+you(?:\s+please)?\s+)?"
+_VERB = (r"(?:remember|memori[sz]e|keep\s+in\s+mind|bear\s+in\s+mind|don'?t\s+forget|do\s+not\s+forget|"
+         r"never\s+forget|note|make\s+a\s+note(?:\s+of)?|take\s+note(?:\s+of)?|save\s+(?:this|that)\s+to\s+"
+         r"(?:your\s+)?memory|for\s+future\s+reference)")
+_REMEMBER = re.compile(
+    rf"(?:^|(?<=[.!?;\n]))\s*{_POLITE}{_VERB}(?:\s+for\s+me)?"
+    r"(?:\s*[,:\-–—]\s*|\s+)(?:(?:this|the\s+following)(?:\s*[,:\-–—]\s*|\s+))?(?:that\s+)?(?P<fact>\S.*)",
+    re.I | re.S)
+_REMEMBER_AFTER = re.compile(
+    rf"^(?P<fact>.+?)[\s,.;:!\-–—]+{_POLITE}{_VERB}(?:\s+(?:that|this|it))?(?:\s+for\s+me)?(?:[,\s]+please)?"
+    r"\s*[.!]*\s*$", re.I | re.S)
+_PRONOUN = re.compile(r"^(?:it|its|it's|he|she|his|her|they|their|them|this|that|these|those)\b", re.I)
+# What follows "remember" in a question about memory rather than a fact to keep ("can you remember what ...").
+_NOT_A_FACT = re.compile(r"^(?:what|who|whom|whose|where|when|which|why|how|if|whether|me|anything|everything|"
+                         r"nothing|to\b)", re.I)
 
 
 @dataclass(frozen=True)
@@ -46,11 +66,22 @@ class _Chunk:
 
 def fact_to_remember(message: str) -> str | None:
     """The fact in "remember that my dog is called Rex" (None when the message asks nothing of the kind)."""
-    match = _REMEMBER.match(message)
+    if len(message) > FACT_MESSAGE_CHARS:
+        return None
+    message = re.sub(r"\s+", lambda m: "\n" if "\n" in m.group() else " ", message)  # long blank runs cost time
+    match = _REMEMBER_AFTER.match(message) or _REMEMBER.search(message)
     if not match:
         return None
-    fact = " ".join(match.group(1).split()).rstrip(".!")
-    return fact or None
+    fact = " ".join(match.group("fact").split())
+    if match.re is _REMEMBER_AFTER and fact.endswith("?"):  # "what is my code? remember it": a question
+        return None
+    fact = fact.rstrip(".!?")
+    if not fact or _NOT_A_FACT.match(fact) or len(fact.split()) < 2:  # "remember that.": nothing to keep
+        return None
+    before = " ".join(message[:match.start()].split())
+    if before and _PRONOUN.match(fact):  # "I bought a boat. Remember: it is called X" needs what came before
+        fact = f"{before} {fact}"
+    return fact
 
 
 def exchange_text(question: str, answer: str) -> str:

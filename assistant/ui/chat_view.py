@@ -84,6 +84,7 @@ class MessageBubble(QFrame):
         self.memories_label.setVisible(False)
         layout.addWidget(self.memories_label)
         self.memories: list[dict] = []
+        self.kept: dict | None = None
         self.sources: list[dict] = []
         self.dropped: list[dict] = []
         self.set_text(text)
@@ -185,19 +186,25 @@ class MessageBubble(QFrame):
                                    + "<br>".join(lines) + "</p>")
         self.sources_label.setVisible(True)
 
-    def show_memories(self, memories: list[dict]) -> None:
-        """What long-term memory put beside the question, so the user sees why the answer knows it."""
+    def show_memories(self, memories: list[dict], kept: dict | None = None) -> None:
+        """What long-term memory put beside the question, so the user sees why the answer knows it, and the
+        fact the question asked to keep (kept: {"fact", "key"})."""
         from datetime import datetime
 
         self.memories = list(memories)
-        lines = []
-        for m in memories:
-            where = f"chat {m['chat_id']}" if m.get("chat_id") else "you told me"
-            text = html.escape(" ".join(m["text"].split())[:160])
-            lines.append(f"{datetime.fromtimestamp(m['when']):%d %b %Y}, {where}: {text}")
-        self.memories_label.setText('<p style="color:gray;"><b>Remembered</b> (Chat ▸ Memory… to manage)<br>'
-                                    + "<br>".join(lines) + "</p>")
-        self.memories_label.setVisible(bool(memories))
+        self.kept = kept
+        parts = []
+        if kept:
+            parts.append(f"<b>✓ Kept in memory:</b> {html.escape(kept['fact'])} (Chat ▸ Memory… to forget it)")
+        if memories:
+            lines = []
+            for m in memories:
+                where = f"chat {m['chat_id']}" if m.get("chat_id") else "you told me"
+                text = html.escape(" ".join(m["text"].split())[:160])
+                lines.append(f"{datetime.fromtimestamp(m['when']):%d %b %Y}, {where}: {text}")
+            parts.append("<b>Remembered</b> (Chat ▸ Memory… to manage)<br>" + "<br>".join(lines))
+        self.memories_label.setText('<p style="color:gray;">' + "<br>".join(parts) + "</p>")
+        self.memories_label.setVisible(bool(parts))
 
     def _open_source(self, href: str) -> None:
         from PySide6.QtCore import QUrl
@@ -263,6 +270,7 @@ class ChatView(QScrollArea):
         self._dropped: list[dict] = []
         self._whole: str | None = None
         self._memories: list[dict] = []
+        self._kept: dict | None = None
         self._pending = ""
         # Re-rendering Markdown on every token is wasteful; 25 frames a second reads as smooth.
         self._render_timer = QTimer(self)
@@ -307,14 +315,18 @@ class ChatView(QScrollArea):
             bubble.set_meta(meta)
         if bubble is not None and (self._sources or self._dropped):
             bubble.show_sources(self._sources, self._dropped, self._whole)
-        if bubble is not None and self._memories:
-            bubble.show_memories(self._memories)
-        self._sources, self._dropped, self._whole, self._memories = [], [], None, []
+        if bubble is not None and (self._memories or self._kept):
+            bubble.show_memories(self._memories, self._kept)
+        self._sources, self._dropped, self._whole, self._memories, self._kept = [], [], None, [], None
         return bubble
 
     def set_recalled(self, event) -> None:
         """The Recalled event of the answer being written: shown under it once it is complete."""
         self._memories = list(event.memories)
+
+    def set_remembered(self, event) -> None:
+        """The question told a fact that is now kept: the answer says so."""
+        self._kept = {"fact": event.fact, "key": event.key}
 
     def add_step(self, event) -> None:
         """An AgentStep of the answer being written, shown as it happens."""

@@ -137,6 +137,7 @@ class MainWindow(QMainWindow):
         w.confirmRequested.connect(self._confirm_code)
         w.trimmed.connect(self._on_trimmed)
         w.recalled.connect(self.chat.set_recalled)
+        w.remembered.connect(self.chat.set_remembered)
         w.summarised.connect(self._on_summarised)
         w.finished.connect(self._on_finished)
         w.failed.connect(self._on_failed)
@@ -672,8 +673,8 @@ class MainWindow(QMainWindow):
                 bubble = self.chat.add(m.role, m.content, m.id)
                 for step in m.meta.get("steps", []) if m.role == "assistant" else []:
                     bubble.add_step(step)
-                if m.role == "assistant" and m.meta.get("memories"):
-                    bubble.show_memories(m.meta["memories"])
+                if m.role == "assistant" and (m.meta.get("memories") or m.meta.get("remembered")):
+                    bubble.show_memories(m.meta.get("memories", []), m.meta.get("remembered"))
                 if m.role == "assistant" and (m.meta.get("sources") or m.meta.get("dropped")):
                     bubble.show_sources(m.meta.get("sources", []), m.meta.get("dropped", []),
                                         m.meta.get("whole_document"))

@@ -10,7 +10,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 from assistant.config import Settings
 from assistant.core import Assistant
 from assistant.errors import AssistantError, SettingsError, WontFitError
-from assistant.events import AgentStep, ContextTrimmed, Done, Error, Recalled, Sources, Summarised, Token
+from assistant.events import AgentStep, ContextTrimmed, Done, Error, Recalled, Remembered, Sources, Summarised, Token
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ class ModelWorker(QObject):
     confirmRequested = Signal(str, object)  # tool, its arguments: the UI answers with decide()
     trimmed = Signal(object)  # ContextTrimmed
     recalled = Signal(object)  # Recalled: long-term memories given with the question
+    remembered = Signal(object)  # Remembered: the question told a fact to keep, and it was kept
     summarised = Signal(object)  # Summarised: the chat's early turns now stand as notes
     finished = Signal(object)  # Done
     failed = Signal(str)
@@ -144,6 +145,8 @@ class ModelWorker(QObject):
                 self.trimmed.emit(event)
             elif isinstance(event, Recalled):
                 self.recalled.emit(event)
+            elif isinstance(event, Remembered):
+                self.remembered.emit(event)
             elif isinstance(event, Summarised):
                 self.summarised.emit(event)
             elif isinstance(event, Done):
