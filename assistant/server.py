@@ -31,7 +31,7 @@ from typing import Any
 
 from assistant import __version__
 from assistant.errors import AssistantError, SettingsError
-from assistant.events import Done, Error, Sources, Token
+from assistant.events import Done, Error, Sources, Thinking, Token
 
 log = logging.getLogger(__name__)
 
@@ -415,10 +415,12 @@ class _Handler(BaseHTTPRequestHandler):
                                "invalid_request_error" if "context" in event.message else "server_error")
         if done is None:
             raise ApiError(500, "The model gave no answer.", "server_error")
+        message = {"role": "assistant", "content": done.answer}
+        if done.reasoning:  # a thinking model's reasoning, apart from content as llama.cpp's server sends it
+            message["reasoning_content"] = done.reasoning
         body = {
             "id": completion_id, "object": "chat.completion", "created": created, "model": self.api.model_id(),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": done.answer},
-                         "finish_reason": _finish(done.finish_reason)}],
+            "choices": [{"index": 0, "message": message, "finish_reason": _finish(done.finish_reason)}],
             "usage": _usage(done),
         }
         if sources is not None:
@@ -453,6 +455,9 @@ class _Handler(BaseHTTPRequestHandler):
                 elif isinstance(event, Token):
                     start()
                     self._event(chunk({"content": event.text}))
+                elif isinstance(event, Thinking):
+                    start()
+                    self._event(chunk({"reasoning_content": event.text}))
                 elif isinstance(event, Error):
                     if not started:
                         raise ApiError(400 if "context" in event.message else 500, event.message)

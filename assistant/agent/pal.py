@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 from assistant.agent.sandbox import Limits, run_python
 from assistant.events import AgentStep, Done, Error, Event, Token
+from assistant.llm.reasoning import strip_reasoning
 
 PROGRAM_TOKENS = 400
 
@@ -48,7 +49,7 @@ def run_pal(engine, question: str, stop: threading.Event | None = None, limits: 
     prompt = engine.render([{"role": "user", "content": PAL_PROMPT.format(question=question)}])
     generation = engine.generate(engine.tokenize(prompt), max_tokens=PROGRAM_TOKENS, temperature=0.0, stop=stop,
                                  grammar=PAL_GRAMMAR if use_grammar else None)
-    text = "".join(generation)
+    text = strip_reasoning("".join(generation))
     stats = generation.stats
     if stats.finish_reason == "cancelled":
         yield Done("", "cancelled", stats.prompt_tokens, stats.reused_tokens, stats.completion_tokens, stats.seconds,

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from assistant.agent.tools import Tool, ToolContext, run_tool
 from assistant.events import AgentStep, Done, Error, Event, Token
+from assistant.llm.reasoning import strip_reasoning
 
 MAX_STEPS = 6
 STEP_TOKENS = 400  # one Thought + Action; a python program needs room
@@ -330,7 +331,7 @@ def run_agent(engine, question: str, tools: dict[str, Tool], ctx: ToolContext, s
         prompt = steps.prompt(last, use_grammar)
         generation = engine.generate(engine.tokenize(prompt), max_tokens=STEP_TOKENS, temperature=0.0, stop=stop,
                                      grammar=steps.grammar(last) if use_grammar else None)
-        text = "".join(generation)
+        text = strip_reasoning("".join(generation))  # a reasoning model's thinking is not a step
         completion_tokens += generation.stats.completion_tokens
         if generation.stats.finish_reason == "cancelled":
             yield Done("", "cancelled", generation.stats.prompt_tokens, 0, completion_tokens,

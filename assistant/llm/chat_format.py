@@ -25,6 +25,7 @@ class ChatFormatter:
         self.bos_token = bos_token
         self.eos_token = eos_token
         self._template = _compile(self.template_source)
+        self._opens: dict[bool, bool] = {}
 
     @property
     def native_tools(self) -> bool:
@@ -32,9 +33,28 @@ class ChatFormatter:
         (the Hermes convention of Qwen2.5, Qwen3, Hermes and others)."""
         return "tools" in self.template_source and "<tool_call>" in self.template_source
 
+    @property
+    def can_turn_off_thinking(self) -> bool:
+        """The template takes enable_thinking (Qwen3's convention, which llama.cpp's server passes too)."""
+        return "enable_thinking" in self.template_source
+
+    def opens_thinking(self, thinking: bool = True) -> bool:
+        """Whether the generation prompt itself opens a think block (DeepSeek-R1's newer templates do)."""
+        if thinking not in self._opens:
+            from assistant.llm.reasoning import starts_in_thinking
+
+            try:
+                prompt = self.render([{"role": "user", "content": "Hi"}], thinking=thinking)
+            except Exception:  # a template that refuses this tiny chat: it will say why on the real one
+                prompt = ""
+            self._opens[thinking] = starts_in_thinking(prompt)
+        return self._opens[thinking]
+
     def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True,
-               tools: list[dict] | None = None) -> str:
-        extra = {"tools": tools} if tools else {}
+               tools: list[dict] | None = None, thinking: bool = True) -> str:
+        extra: dict = {"tools": tools} if tools else {}
+        if not thinking:
+            extra["enable_thinking"] = False  # templates that do not know it ignore it
         return self._template.render(
             messages=messages,
             **extra,

@@ -191,6 +191,7 @@ class Engine:
         self._abort_when = threading.Event()  # the running generation's stop event
         self._abort_cb = lib.ggml_abort_callback(lambda _data: self._abort_when.is_set())
         self._no_abort = lib.ggml_abort_callback()  # a NULL function pointer
+        self.thinking = True  # a reasoning model may think first; False asks its template not to (Settings)
 
         try:
             template = lib.llama_model_chat_template(self._model, None)
@@ -223,7 +224,7 @@ class Engine:
         return len(self.tokenize(text))
 
     def render(self, messages: list[dict[str, str]], tools: list[dict] | None = None) -> str:
-        return self.formatter.render(messages, add_generation_prompt=True, tools=tools)
+        return self.formatter.render(messages, add_generation_prompt=True, tools=tools, thinking=self.thinking)
 
     def _special_piece(self, token: int) -> str:
         # -1 means the vocabulary has no such token; llama.cpp would throw through its C API.

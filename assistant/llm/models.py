@@ -6,11 +6,13 @@ paths are listed in models/registry.json.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import importlib.util
 import json
 import os
+import shutil
 import socket
 import threading
 import urllib.error
@@ -117,12 +119,14 @@ def download_model(
     progress: Callable[[int, int | None], None] | None = None,
     cancel: threading.Event | None = None,
     filename: str | None = None,
+    size: int | None = None,
 ) -> Path:
     """Download a GGUF model into dest_dir and return its path; DownloadError says why not.
 
     Data goes to NAME.part first. A failed or cancelled download keeps it, and the next call
     asks the server for the rest only. progress(done, total) is called after every block;
-    total is None when the server does not say.
+    total is None when the server does not say. size, when known (a catalog entry), lets the
+    free-space check happen before connecting.
     """
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
@@ -138,6 +142,8 @@ def download_model(
 
     digest = hashlib.sha256()
     done = part.stat().st_size if part.exists() else 0
+    if size is not None:
+        _check_free_space(dest_dir, size - done)
     request = urllib.request.Request(url, headers={"User-Agent": "assistant"})
     if done:
         request.add_header("Range", f"bytes={done}-")
@@ -147,7 +153,7 @@ def download_model(
         if exc.code == 416 and done:
             # The .part is not a prefix the server recognises (the file changed): start over.
             part.unlink()
-            return download_model(url, dest_dir, sha256, progress, cancel, filename)
+            return download_model(url, dest_dir, sha256, progress, cancel, filename, size)
         raise DownloadError(f"Download failed: the server answered {exc.code} {exc.reason} for {url}.") from None
     except urllib.error.URLError as exc:
         raise DownloadError(_connection_message(host, exc.reason)) from None
@@ -160,7 +166,7 @@ def download_model(
         if done and response.status == 206:
             if _range_start(response.headers.get("Content-Range")) != done:
                 part.unlink()  # not the range we asked for: appending it would corrupt the file
-                return download_model(url, dest_dir, sha256, progress, cancel, filename)
+                return download_model(url, dest_dir, sha256, progress, cancel, filename, size)
             mode = "ab"
             with open(part, "rb") as existing:
                 for block in iter(lambda: existing.read(DOWNLOAD_BLOCK), b""):
@@ -168,6 +174,8 @@ def download_model(
         else:
             mode, done = "wb", 0  # a server that ignores Range sends the whole file again
         total = done + remaining if remaining is not None else None
+        if remaining is not None:
+            _check_free_space(dest_dir, remaining)
         try:
             with open(part, mode) as out:
                 if progress:
@@ -193,6 +201,9 @@ def download_model(
                 out.flush()
                 os.fsync(out.fileno())
         except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise DownloadError(f"The disk holding {dest_dir} is full after {done / 1e6:,.0f} MB. Free some "
+                                    "space and try again: the download resumes where it stopped.") from None
             raise DownloadError(f"Could not save the download to {part}: {exc.strerror or exc}.") from None
 
     if total is not None and done < total:
@@ -214,6 +225,20 @@ def download_model(
         raise DownloadError(f"{url} did not give a usable GGUF model, so it was deleted. {exc}") from None
     os.replace(part, dest)
     return dest
+
+
+# Room kept free beyond the file itself, so a download does not leave the disk with nothing to spare.
+FREE_SPACE_MARGIN = 100 << 20
+
+
+def _check_free_space(folder: Path, needed: int) -> None:
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # cannot tell: the write itself reports a full disk
+    if needed + FREE_SPACE_MARGIN > free:
+        raise DownloadError(f"Not enough free disk space: the model needs {needed / 1e6:,.0f} MB more and "
+                            f"{folder} has {free / 1e6:,.0f} MB free. Free some space, or choose a smaller model.")
 
 
 def assemble_qwen_coder(home: Path | None = None) -> Path:

@@ -62,6 +62,7 @@ class RemoteEngine:
         template = props.get("chat_template") if isinstance(props.get("chat_template"), str) else None
         self.formatter = ChatFormatter(template, bos_token=props.get("bos_token", "") or "",
                                        eos_token=props.get("eos_token", "") or "")
+        self.thinking = True  # as Engine.thinking
         server_ctx = (props.get("default_generation_settings") or {}).get("n_ctx") if isinstance(
             props.get("default_generation_settings"), dict) else None
         self.n_ctx = min(n_ctx, server_ctx) if isinstance(server_ctx, int) and server_ctx > 0 else n_ctx
@@ -82,7 +83,7 @@ class RemoteEngine:
         return len(text) // CHARS_PER_TOKEN + 1
 
     def render(self, messages: list[dict[str, str]], tools: list[dict] | None = None) -> str:
-        return self.formatter.render(messages, add_generation_prompt=True, tools=tools)
+        return self.formatter.render(messages, add_generation_prompt=True, tools=tools, thinking=self.thinking)
 
     def generate(self, prompt_tokens, *, max_tokens: int = 512, temperature: float = 0.7, top_p: float = 0.95,
                  seed: int | None = None, stop: threading.Event | None = None, grammar: str | None = None):

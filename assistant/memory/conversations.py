@@ -164,30 +164,35 @@ class ConversationStore:
             conn.execute("UPDATE conversations SET summary = '', summary_upto = 0 WHERE id = ? AND summary_upto >= ?",
                          (conversation_id, message_id))
 
-    def export_markdown(self, conversation_id: int) -> str:
+    def export_markdown(self, conversation_id: int, thinking: bool = False) -> str:
+        """thinking: include a reasoning model's thinking (a folded <details> block) above its answers."""
         conv = self.get(conversation_id)
         lines = [f"# {conv.title}", "", f"_Exported from assistant on {_when(time.time())}._", ""]
         names = {"user": "You", "assistant": "Assistant", "system": "System"}
         for m in self.messages(conversation_id):
-            lines += [f"## {names.get(m.role, m.role)} · {_when(m.created_at)}", "", m.content.rstrip(), ""]
+            lines += [f"## {names.get(m.role, m.role)} · {_when(m.created_at)}", ""]
+            if thinking and m.meta.get("reasoning"):
+                lines += ["<details><summary>Thinking</summary>", "", m.meta["reasoning"].strip(), "", "</details>", ""]
+            lines += [m.content.rstrip(), ""]
         return "\n".join(lines)
 
-    def export_json(self, conversation_id: int) -> dict:
+    def export_json(self, conversation_id: int, thinking: bool = False) -> dict:
         conv = self.get(conversation_id)
         return {
             "format": "assistant.conversation/1",
             "conversation": asdict(conv),
-            "messages": [asdict(m) for m in self.messages(conversation_id)],
+            "messages": [_message_dict(m, thinking) for m in self.messages(conversation_id)],
         }
 
-    def export_all(self) -> dict:
+    def export_all(self, thinking: bool = False) -> dict:
         """Every chat with every message, oldest chat first: a backup, or a move to another computer."""
         conversations = sorted(self.list(limit=1_000_000), key=lambda c: (c.created_at, c.id))
         return {
             "format": ARCHIVE_FORMAT,
             "exported_at": time.time(),
             "conversations": [
-                {**_exported(c), "messages": [asdict(m) for m in self.messages(c.id)]} for c in conversations
+                {**_exported(c), "messages": [_message_dict(m, thinking) for m in self.messages(c.id)]}
+                for c in conversations
             ],
         }
 
@@ -299,3 +304,10 @@ def _escape_like(text: str) -> str:
 
 def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M")
+
+
+def _message_dict(message: Message, thinking: bool) -> dict:
+    out = asdict(message)
+    if not thinking:  # a reasoning model's thinking is left out of exports unless the user asks for it
+        out["meta"] = {k: v for k, v in out["meta"].items() if k not in ("reasoning", "thinking_seconds")}
+    return out

@@ -62,6 +62,24 @@ class MessageBubble(QFrame):
         self.steps_box.setSpacing(2)
         layout.addLayout(self.steps_box)
         self.steps: list[dict] = []
+        # A reasoning model's thinking, folded above its answer: live while it streams, then its duration.
+        self.thinking_button = QToolButton()
+        self.thinking_button.setObjectName("thinking")
+        self.thinking_button.setCheckable(True)
+        self.thinking_button.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
+        self.thinking_button.setArrowType(Qt.RightArrow)
+        self.thinking_button.setAutoRaise(True)
+        self.thinking_button.setVisible(False)
+        self.thinking_detail = QLabel()
+        self.thinking_detail.setObjectName("thinking_detail")
+        self.thinking_detail.setWordWrap(True)
+        self.thinking_detail.setTextFormat(Qt.RichText)
+        self.thinking_detail.setTextInteractionFlags(Qt.TextSelectableByMouse | Qt.TextSelectableByKeyboard)
+        self.thinking_detail.setVisible(False)
+        self.thinking_button.toggled.connect(self._toggle_thinking)
+        layout.addWidget(self.thinking_button)
+        layout.addWidget(self.thinking_detail)
+        self.reasoning = ""
         self.body = QLabel()
         self.body.setObjectName("body")
         self.body.setWordWrap(True)
@@ -100,6 +118,21 @@ class MessageBubble(QFrame):
 
     def set_meta(self, text: str) -> None:
         self.meta.setText(text)
+
+    def set_thinking(self, text: str, seconds: float | None = None) -> None:
+        """The model's thinking so far (seconds None: it is still thinking), or all of it and how long it took."""
+        self.reasoning = text
+        if not text.strip():
+            self.thinking_button.setVisible(False)
+            return
+        self.thinking_button.setVisible(True)
+        self.thinking_button.setText("Thinking…" if seconds is None else f"Thought for {_duration(seconds)}")
+        self.thinking_button.setToolTip("Show how the model reasoned before answering. It is not part of the answer.")
+        self.thinking_detail.setText(f'<p style="color:gray;">{_escape(text.strip())}</p>')
+
+    def _toggle_thinking(self, shown: bool) -> None:
+        self.thinking_detail.setVisible(shown)
+        self.thinking_button.setArrowType(Qt.DownArrow if shown else Qt.RightArrow)
 
     def ask_to_run(self, tool: str, args: dict, decide) -> None:
         """The program the agent wants to run, with Run and Deny; decide(bool) gets the answer, once."""
@@ -272,6 +305,8 @@ class ChatView(QScrollArea):
         self._memories: list[dict] = []
         self._kept: dict | None = None
         self._pending = ""
+        self._thinking = ""
+        self._thinking_started = 0.0
         # Re-rendering Markdown on every token is wasteful; 25 frames a second reads as smooth.
         self._render_timer = QTimer(self)
         self._render_timer.setInterval(40)
@@ -299,7 +334,20 @@ class ChatView(QScrollArea):
     def begin_answer(self) -> MessageBubble:
         self._streaming = self.add("assistant")
         self._pending = ""
+        self._thinking = ""
         return self._streaming
+
+    def append_thinking(self, text: str) -> None:
+        """A piece of a reasoning model's thinking, shown folded above the answer as it streams."""
+        import time
+
+        if self._streaming is None:
+            self.begin_answer()
+        if not self._thinking:
+            self._thinking_started = time.monotonic()
+        self._thinking += text
+        if not self._render_timer.isActive():
+            self._render_timer.start()
 
     def append_token(self, text: str) -> None:
         if self._streaming is None:
@@ -308,9 +356,16 @@ class ChatView(QScrollArea):
         if not self._render_timer.isActive():
             self._render_timer.start()
 
-    def end_answer(self, meta: str = "") -> MessageBubble | None:
+    def end_answer(self, meta: str = "", thinking_seconds: float | None = None) -> MessageBubble | None:
+        import time
+
         self._flush()
         bubble, self._streaming = self._streaming, None
+        if bubble is not None and self._thinking:
+            if thinking_seconds is None:  # stopped or failed: how long it had thought
+                thinking_seconds = time.monotonic() - self._thinking_started
+            bubble.set_thinking(self._thinking, thinking_seconds)
+        self._thinking = ""
         if bubble is not None and meta:
             bubble.set_meta(meta)
         if bubble is not None and (self._sources or self._dropped):
@@ -361,7 +416,12 @@ class ChatView(QScrollArea):
 
     def _flush(self) -> None:
         if self._streaming is not None:
-            self._streaming.set_text(self._pending)
+            if self._thinking and self._streaming.reasoning != self._thinking:
+                self._streaming.set_thinking(self._thinking)
+            if self._pending or not self._thinking:
+                self._streaming.set_text(self._pending)
+            elif not self._pending:
+                self._streaming.body.setText("")  # thinking: the folded block says so; no "…" below it
 
     def _follow(self, _min: int, maximum: int) -> None:
         bar = self.verticalScrollBar()
@@ -390,6 +450,12 @@ def _step_html(step: dict, dark: bool) -> str:
     observation = html.escape(step.get("observation", ""))
     return (f"<p><i>{html.escape(step.get('thought', ''))}</i></p>{call}"
             f"<p><b>Observation</b></p><pre style='white-space: pre-wrap;'>{observation}</pre>")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    return f"{int(seconds // 60)} min {int(seconds % 60)} s"
 
 
 def _escape(text: str) -> str:

@@ -132,6 +132,7 @@ class MainWindow(QMainWindow):
         w.wontFit.connect(self._on_wont_fit)
         self.loadAnywayRequested.connect(w.load_anyway)
         w.token.connect(self.chat.append_token)
+        w.thinking.connect(self.chat.append_thinking)
         w.sources.connect(self.chat.set_sources)
         w.step.connect(self.chat.add_step)
         w.confirmRequested.connect(self._confirm_code)
@@ -452,7 +453,8 @@ class MainWindow(QMainWindow):
 
     def _on_finished(self, done: Done) -> None:
         self._answered = True
-        bubble = self.chat.end_answer(answer_meta(done.completion_tokens, done.tokens_per_second, done.finish_reason))
+        bubble = self.chat.end_answer(answer_meta(done.completion_tokens, done.tokens_per_second, done.finish_reason),
+                                      done.thinking_seconds if done.reasoning else None)
         if bubble is not None:
             bubble.message_id = done.message_id
         self.speed_label.setText(f"{done.tokens_per_second:.1f} tok/s · first token {done.time_to_first_token:.2f} s")
@@ -673,6 +675,8 @@ class MainWindow(QMainWindow):
                 bubble = self.chat.add(m.role, m.content, m.id)
                 for step in m.meta.get("steps", []) if m.role == "assistant" else []:
                     bubble.add_step(step)
+                if m.role == "assistant" and m.meta.get("reasoning"):
+                    bubble.set_thinking(m.meta["reasoning"], m.meta.get("thinking_seconds", 0.0))
                 if m.role == "assistant" and (m.meta.get("memories") or m.meta.get("remembered")):
                     bubble.show_memories(m.meta.get("memories", []), m.meta.get("remembered"))
                 if m.role == "assistant" and (m.meta.get("sources") or m.meta.get("dropped")):
@@ -688,9 +692,12 @@ class MainWindow(QMainWindow):
         self.tasks.submit(lambda: self.conversation_list.prepare(conversation_id, *self._chat_markdown(conversation_id)),
                           on_error=lambda exc: log.info("Markdown for dragging not prepared: %s", exc))
 
+    def _export_thinking(self) -> bool:
+        return bool(self.settings is not None and self.settings.export_thinking)
+
     def _chat_markdown(self, conversation_id: int) -> tuple[str, str]:
         store = self.assistant.conversations
-        return store.get(conversation_id).title, store.export_markdown(conversation_id)
+        return store.get(conversation_id).title, store.export_markdown(conversation_id, self._export_thinking())
 
     def _conversation_menu(self, pos) -> None:
         item = self.conversation_list.itemAt(pos)
@@ -745,8 +752,9 @@ class MainWindow(QMainWindow):
         store = self.assistant.conversations
 
         def write() -> str:
-            text = store.export_markdown(conversation_id) if kind == "md" else json.dumps(
-                store.export_json(conversation_id), ensure_ascii=False, indent=2)
+            thinking = self._export_thinking()
+            text = store.export_markdown(conversation_id, thinking) if kind == "md" else json.dumps(
+                store.export_json(conversation_id, thinking), ensure_ascii=False, indent=2)
             atomic_write_text(Path(path), text)
             return path
 
@@ -761,7 +769,7 @@ class MainWindow(QMainWindow):
         store = self.assistant.conversations
 
         def write() -> int:
-            archive = store.export_all()
+            archive = store.export_all(self._export_thinking())
             atomic_write_text(Path(path), json.dumps(archive, ensure_ascii=False, indent=1))
             return len(archive["conversations"])
 

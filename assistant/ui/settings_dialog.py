@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 
 from PySide6.QtCore import Qt
@@ -80,6 +81,18 @@ class SettingsDialog(QDialog):
         self.system_prompt = QPlainTextEdit(settings.system_prompt)
         self.system_prompt.setFixedHeight(80)
         form.addRow("System prompt", self.system_prompt)
+        self.thinking = QCheckBox("Let reasoning models think before answering (slower, often better)")
+        self.thinking.setChecked(settings.thinking)
+        self.thinking.setToolTip("Models such as Qwen3 can answer without thinking when their template allows it.")
+        form.addRow("", self.thinking)
+        self.export_thinking = QCheckBox("Include a model's thinking in exported chats")
+        self.export_thinking.setChecked(settings.export_thinking)
+        form.addRow("", self.export_thinking)
+        self.model_folders = QLineEdit(settings.model_folders)
+        self.model_folders.setPlaceholderText("More folders to look for GGUF models in")
+        self.model_folders.setToolTip("Searched by File ▸ Model library… beside Ollama's, LM Studio's and the "
+                                      f"Hugging Face cache's folders. Separate folders with '{os.pathsep}'.")
+        form.addRow("Model folders", self.model_folders)
         self.theme = QComboBox()
         self.theme.addItems(["system", "light", "dark"])
         self.theme.setCurrentText(settings.theme)
@@ -240,6 +253,8 @@ class SettingsDialog(QDialog):
             n_gpu_layers=self.n_gpu_layers.value(), n_ctx=self.n_ctx.value(), flash_attn=self.flash_attn.isChecked(),
             temperature=self.temperature.value(), top_p=self.top_p.value(), max_tokens=self.max_tokens.value(),
             system_prompt=self.system_prompt.toPlainText(), theme=self.theme.currentText(),
+            thinking=self.thinking.isChecked(), export_thinking=self.export_thinking.isChecked(),
+            model_folders=self.model_folders.text().strip(),
             top_k=self.top_k.value(), search_mode=self.search_mode.currentText(),
             min_similarity=self.min_similarity.value(), diversity=self.diversity.value(),
             passage_neighbours=self.passage_neighbours.value(), watch_folders=self.watch_folders.isChecked(),

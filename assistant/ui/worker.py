@@ -10,7 +10,18 @@ from PySide6.QtCore import QObject, Signal, Slot
 from assistant.config import Settings
 from assistant.core import Assistant
 from assistant.errors import AssistantError, SettingsError, WontFitError
-from assistant.events import AgentStep, ContextTrimmed, Done, Error, Recalled, Remembered, Sources, Summarised, Token
+from assistant.events import (
+    AgentStep,
+    ContextTrimmed,
+    Done,
+    Error,
+    Recalled,
+    Remembered,
+    Sources,
+    Summarised,
+    Thinking,
+    Token,
+)
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +34,7 @@ class ModelWorker(QObject):
     loadFailed = Signal(str)
     wontFit = Signal(str, int)  # why the model may not fit, a context that would (0: none)
     token = Signal(str)
+    thinking = Signal(str)  # a piece of a reasoning model's thinking, before its answer
     sources = Signal(object)  # Sources: the passages the answer may cite
     step = Signal(object)  # AgentStep: a tool call and what it returned
     confirmRequested = Signal(str, object)  # tool, its arguments: the UI answers with decide()
@@ -137,6 +149,8 @@ class ModelWorker(QObject):
         for event in events:
             if isinstance(event, Token):
                 self.token.emit(event.text)
+            elif isinstance(event, Thinking):
+                self.thinking.emit(event.text)
             elif isinstance(event, Sources):
                 self.sources.emit(event)
             elif isinstance(event, AgentStep):
