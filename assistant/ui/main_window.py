@@ -277,6 +277,8 @@ class MainWindow(QMainWindow):
         self.welcome.start.connect(self.dismiss_welcome)
         self.welcome.addDocuments.connect(self._welcome_add_documents)
         self.welcome.tryVoice.connect(self._welcome_try_voice)
+        self.welcome.getModel.connect(self._welcome_get_model)
+        self.library = None  # the model library dialog, once opened; it may be downloading while hidden
         main_layout.addWidget(self.welcome)
         main_layout.addWidget(self.chat, 1)
         main_layout.addWidget(self.edit_banner)
@@ -322,7 +324,8 @@ class MainWindow(QMainWindow):
         file_menu = menu.addMenu("&File")
         self._action(file_menu, "&New chat", self.new_chat, QKeySequence.New)
         self._action(file_menu, "Open &model file…", self.open_model_file, "Ctrl+O")
-        self._action(file_menu, "&Download model…", self.download_model)
+        self._action(file_menu, "Model &library…", self.model_library, "Ctrl+L")
+        self._action(file_menu, "&Download model from a link…", self.download_model)
         self._action(file_menu, "Export chat as &Markdown…", lambda: self.export_chat("md"), "Ctrl+E")
         self._action(file_menu, "Export chat as &JSON…", lambda: self.export_chat("json"))
         self._action(file_menu, "Export &all chats…", self.export_all_chats)
@@ -376,6 +379,12 @@ class MainWindow(QMainWindow):
         self.chat.dark = apply_theme(assistant.settings.theme)
         apply_font_scale(assistant.settings.font_scale)
         self.welcome.setVisible(not assistant.settings.welcomed)
+        if not assistant.settings.welcomed:
+            from assistant.ui.model_library import recommended
+
+            home = assistant.home
+            self.tasks.submit(lambda: recommended(home), self.welcome.offer,
+                              lambda exc: log.info("No recommended model for the welcome panel: %s", exc))
         self._sync_api_server(assistant.settings)
         # Open the latest chat, unless a start-up problem is on screen: it must stay readable.
         self.refresh_conversations(select_first=not self.chat.bubbles)
@@ -827,6 +836,10 @@ class MainWindow(QMainWindow):
         self.api_label.setToolTip("Other programs on this computer can use the model here (OpenAI-compatible)"
                                   + (", with the API key" if settings.api_key else ""))
 
+    def _welcome_get_model(self, entry_id: str) -> None:
+        self.dismiss_welcome()
+        self.model_library(entry_id)
+
     def dismiss_welcome(self) -> None:
         from dataclasses import replace
 
@@ -904,6 +917,28 @@ class MainWindow(QMainWindow):
 
         self.tasks.submit(register, lambda p: self.apply_settings(replace(self.settings, model_path=str(p))),
                           lambda exc: self.chat.add("error", str(exc)))
+
+    def model_library(self, get: str = "") -> None:
+        """Show the model library; get: the id of an entry to download (or use) straight away."""
+        if self.assistant is None:
+            return
+        if self.library is None:
+            from assistant.ui.model_library import ModelLibrary
+
+            self.library = ModelLibrary(self.assistant.home, self.settings.model_folder_list(), self.tasks, self)
+            self.library.modelChosen.connect(self.use_model_file)
+            self.library.downloadProgress.connect(self._on_download_progress)
+        else:
+            self.library.folders = self.settings.model_folder_list()
+        self.library.show()
+        self.library.raise_()
+        self.library.refresh(then=(lambda: self.library.get(get)) if get else None)
+
+    def _on_download_progress(self, text: str) -> None:
+        if text:
+            self.statusBar().showMessage(text)
+        else:
+            self.statusBar().clearMessage()
 
     def download_model(self) -> None:
         if self.assistant is None:
@@ -1151,6 +1186,8 @@ class MainWindow(QMainWindow):
         self.worker.stop_event.set()
         self.worker.load_cancel.set()
         self.indexer.cancel.set()  # indexing resumes where it stopped next time
+        if self.library is not None:
+            self.library.shutdown()  # a download stops within a block and resumes next time
         if self.busy:
             # Stop lands within a token; the window closes when the worker says it is idle.
             event.ignore()

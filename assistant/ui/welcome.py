@@ -12,6 +12,7 @@ class WelcomePanel(QFrame):
     addDocuments = Signal()
     tryVoice = Signal()
     start = Signal()
+    getModel = Signal(str)  # a catalog id: download it (one click) and use it
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -41,7 +42,36 @@ class WelcomePanel(QFrame):
             row.addWidget(button)
         row.addStretch(1)
         layout.addLayout(row)
+        # Filled in once the catalog has been read against this computer (off the UI thread).
+        self.recommended_id = ""
+        self.model_row = QHBoxLayout()
+        self.builtin_button = QPushButton("Keep the built-in model")
+        self.builtin_button.setToolTip("Start now with the small built-in model; File ▸ Model library… later")
+        self.builtin_button.clicked.connect(self.start)
+        self.get_button = QPushButton()
+        self.get_button.setObjectName("get_recommended")
+        self.get_button.clicked.connect(lambda: self.getModel.emit(self.recommended_id))
+        self.model_row.addWidget(self.builtin_button)
+        self.model_row.addWidget(self.get_button)
+        self.model_row.addStretch(1)
+        self.builtin_button.setVisible(False)
+        self.get_button.setVisible(False)
+        layout.addLayout(self.model_row)
         layout.addStretch(1)
+
+    def offer(self, row: dict | None) -> None:
+        """A catalog row (catalog_rows) recommended for this computer, offered beside the built-in model."""
+        if not row:
+            return
+        from assistant.llm.hardware import format_size
+
+        self.recommended_id = row["id"]
+        self.get_button.setText(f"Download {row['name']} ({format_size(row['size'])}) and use it")
+        tip = f"Recommended for this computer: {row['why']} Good at: {row['good_at']}. Licence: {row['license']}."
+        self.get_button.setToolTip(tip)
+        self.get_button.setAccessibleDescription(tip)
+        self.builtin_button.setVisible(True)
+        self.get_button.setVisible(True)
 
     def set_model(self, model: str) -> None:
         self.text.setText(
@@ -50,7 +80,7 @@ class WelcomePanel(QFrame):
             "speech recognition all work offline. Nothing you type, say or drop is sent anywhere: there is no "
             "account, no cloud and no telemetry.</p>"
             f"<p><b>The model:</b> {model}. It is small, so it answers fast on any computer but makes mistakes; "
-            "a bigger GGUF model (File ▸ Download model…, or drop a .gguf file here) answers better.</p>"
+            "a bigger model from File ▸ Model library… (or a .gguf file dropped here) answers better.</p>"
             "<p><b>Your documents:</b> add files or folders (PDF, Word, text, Markdown, code) and ask about "
             "them: each answer cites the passages it used, and a click opens the page.</p>"
             "<p><b>Voice:</b> hold <i>Hold to talk</i> or F2 while you speak; let go and your question is sent.</p>"
