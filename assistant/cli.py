@@ -554,13 +554,23 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _download_progress():
+    """Progress on stderr: one updating line on a terminal, a line each tenth of the way in a log."""
     started = time.monotonic()
+    first: list[int] = []  # bytes already there when it started (a resumed download)
+    last_tenth = [-1]
 
     def progress(done: int, total: int | None) -> None:
+        if not first:
+            first.append(done)
+        rate = (done - first[0]) / max(time.monotonic() - started, 1e-3) / 1e6
+        shown = f"{done / total:.0%} of {total / 1e6:,.0f} MB" if total else f"{done / 1e6:,.0f} MB"
         if sys.stderr.isatty():
-            rate = done / max(time.monotonic() - started, 1e-3) / 1e6
-            shown = f"{done / total:.0%} of {total / 1e6:,.0f} MB" if total else f"{done / 1e6:,.0f} MB"
             print(f"\rdownloading... {shown} at {rate:.1f} MB/s   ", end="", file=sys.stderr, flush=True)
+            return
+        tenth = int(done * 10 / total) if total else done // (100 << 20)
+        if tenth != last_tenth[0]:
+            last_tenth[0] = tenth
+            print(f"downloading... {shown} at {rate:.1f} MB/s", file=sys.stderr, flush=True)
 
     return progress
 

@@ -172,7 +172,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         server: _Server = self.server  # type: ignore[assignment]
         server.requests.append((self.path, self.headers.get("Range")))
-        files = {"/model.gguf": server.model, "/page.html": server.page}
+        files = {"/model.gguf": server.model, "/page.html": server.page, **server.extra}
         if self.path not in files:
             self.send_error(404, "Not Found")
             return
@@ -192,7 +192,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
         else:
             self.send_response(200)
-        self.send_header("Content-Length", str(size - start))
+        if server.no_length:  # the body ends when the connection closes
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(size - start))
         self.end_headers()
 
         limit = size - start
@@ -229,6 +233,8 @@ class _Server(http.server.ThreadingHTTPServer):
         self.ignore_range = False
         self.drop_after: int | None = None
         self.stall_after: int | None = None
+        self.no_length = False
+        self.extra: dict[str, Path] = {}
         self.release = threading.Event()
 
     def url(self, path: str) -> str:

@@ -31,7 +31,10 @@ def split_reasoning(text: str, in_thinking: bool = False) -> tuple[str, str]:
 
 
 def strip_reasoning(text: str) -> str:
-    """The reply without think blocks (an unclosed one runs to the end), or a stray closing tag's prefix."""
+    """The reply without think blocks (an unclosed one runs to the end), or a stray closing tag's prefix.
+    Text with no tag is returned as it is, spacing included."""
+    if OPEN not in text and CLOSE not in text:
+        return text
     if CLOSE in text and OPEN not in text.split(CLOSE, 1)[0]:
         text = text.split(CLOSE, 1)[1]  # the template opened the block: everything before </think> is thinking
     return _BLOCK.sub("", text).strip()
