@@ -737,7 +737,13 @@ class Assistant:
                 turns="\n".join(batch), words=SUMMARY_WORDS,
                 previous=f"Your notes on what came before it (keep what they say):\n{notes}\n\n" if notes else "")
             # The reply starts as a list, so even a small model writes notes rather than more conversation.
-            head = engine.render([{"role": "user", "content": prompt}]) + "Notes:\n-"
+            # Notes need no thinking: a template that can skip it does; one that always opens a think block
+            # gets it closed empty (what Qwen3's template does when thinking is off).
+            formatter = engine.formatter
+            head = formatter.render([{"role": "user", "content": prompt}], add_generation_prompt=True, thinking=False)
+            if formatter.opens_thinking(False):
+                head += "\n</think>\n\n"
+            head += "Notes:\n-"
             generation = engine.generate(engine.tokenize(head), max_tokens=min(2 * SUMMARY_WORDS, engine.n_ctx // 4),
                                          temperature=0.0, stop=stop)
             if generation.stats.finish_reason == "cancelled":
