@@ -10,6 +10,7 @@ import re
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -215,6 +216,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     block = handle.read(min(256 * 1024, limit - sent))
                     self.wfile.write(block)
                     sent += len(block)
+                    if server.block_delay:
+                        time.sleep(server.block_delay)  # a slow line, so a download can be paused part way
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client cancelled
 
@@ -234,6 +237,7 @@ class _Server(http.server.ThreadingHTTPServer):
         self.drop_after: int | None = None
         self.stall_after: int | None = None
         self.no_length = False
+        self.block_delay = 0.0
         self.extra: dict[str, Path] = {}
         self.release = threading.Event()
 
