@@ -227,3 +227,37 @@ def test_the_api_returns_thinking_as_reasoning_content(r1_template_model: Path, 
     finally:
         server.stop()
         assistant.close()
+
+
+def test_the_window_folds_thinking_above_the_answer(qtbot, r1_template_model: Path, isolated_home: Path,
+                                                    artifacts) -> None:
+    from PySide6.QtCore import Qt
+
+    from assistant.ui.main_window import MainWindow
+
+    Settings(model_path=str(r1_template_model), n_ctx=2048, temperature=0.0, max_tokens=120,
+             system_prompt=THINK_FIRST, welcomed=True).save()
+    w = MainWindow()
+    qtbot.addWidget(w)
+    w.resize(1000, 700)
+    w.show()
+    qtbot.waitUntil(lambda: w.assistant is not None and w.model_ready, timeout=60_000)
+    w.input.setPlainText("Tom has 3 boxes with 4 pens each. How many pens?")
+    qtbot.mouseClick(w.send_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: bool(w.chat.bubbles) and w.chat.bubbles[-1].thinking_button.isVisible(), timeout=60_000)
+    assert w.chat.bubbles[-1].thinking_button.text() == "Thinking…"  # live, while it streams
+    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
+    bubble = w.chat.bubbles[-1]
+    assert bubble.thinking_button.text().startswith("Thought for ") and bubble.thinking_button.text().endswith(" s")
+    assert not bubble.thinking_detail.isVisible()  # folded
+    assert "12" in bubble.reasoning and bubble.reasoning.strip() not in bubble.text
+    qtbot.mouseClick(bubble.thinking_button, Qt.LeftButton)
+    assert bubble.thinking_detail.isVisible() and "12" in bubble.thinking_detail.text()
+    w.grab().save(str(artifacts / "thinking_block.png"))
+    # a chat opened again shows the block from what was saved
+    w.chat.clear()
+    w._reload_messages()
+    qtbot.waitUntil(lambda: bool(w.chat.bubbles) and w.chat.bubbles[-1].role == "assistant"
+                    and w.chat.bubbles[-1].thinking_button.isVisible(), timeout=10_000)
+    assert w.chat.bubbles[-1].thinking_button.text().startswith("Thought for ")
+    w.close()

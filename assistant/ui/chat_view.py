@@ -129,6 +129,9 @@ class MessageBubble(QFrame):
         self.thinking_button.setText("Thinking…" if seconds is None else f"Thought for {_duration(seconds)}")
         self.thinking_button.setToolTip("Show how the model reasoned before answering. It is not part of the answer.")
         self.thinking_detail.setText(f'<p style="color:gray;">{_escape(text.strip())}</p>')
+        if seconds is not None and not self.text.strip():
+            self.body.setText("<p><i>The model stopped while thinking and wrote no answer. Open the thinking above "
+                              "to read it, or ask again with a higher Max tokens (Settings ▸ Model).</i></p>")
 
     def _toggle_thinking(self, shown: bool) -> None:
         self.thinking_detail.setVisible(shown)
