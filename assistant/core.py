@@ -100,7 +100,7 @@ class Assistant:
             return Path(self.settings.model_path).expanduser()
         from assistant.llm.models import default_model_path
 
-        return default_model_path()
+        return default_model_path(self.home)
 
     def load_model(
         self, progress: Callable[[float], None] | None = None, cancel: threading.Event | None = None,

@@ -28,9 +28,9 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="session")
 def default_model() -> Path:
-    from assistant.llm.models import default_model_path
+    from assistant.llm.models import builtin_model_path
 
-    return default_model_path()  # raises a clear ModelError when the package is missing
+    return builtin_model_path()  # raises a clear ModelError when the package is missing
 
 
 @pytest.fixture(scope="session")

@@ -75,3 +75,40 @@ def test_bfcl_scoring_accepts_every_gold_call_and_refuses_wrong_ones() -> None:
     gold = {"f": {"city": ["New York, NY"], "n": [5]}}
     assert call_matches("f", {"city": "new york ny", "n": 5.0}, gold)
     assert not call_matches("f", {"city": "Boston", "n": 5}, gold)
+
+
+def test_quality_rules_score_right_and_wrong_answers() -> None:
+    sys.path.insert(0, str(ROOT))
+    from bench import quality as q
+
+    assert len(q.QUESTIONS) >= 50 and {x.category for x in q.QUESTIONS} == set(q.CATEGORIES)
+    assert q.number(42)("17 + 25 equals 42.") and not q.number(42)("17 + 25 = 32")
+    assert q.number(1952)("It switched in 1,952.") and q.number(4)("Four.") and not q.number(4)("fourteen")
+    assert q.number(7)("There are seven continents.") and not q.number(7)("Several.")
+    assert q.contains("Paris")("The capital is Paris.") and not q.contains("Au")("A gold-coloured metal")
+    assert q.says_not_in_passage("It is not in the passage.") and not q.says_not_in_passage("1,240 metres")
+    assert q.in_language("fr")("La capitale de l'Espagne est Madrid.")
+    assert not q.in_language("fr")("The capital of Spain is Madrid.")
+    assert q.in_language("de")("Die Hauptstadt von Italien ist Rom.") and not q.in_language("es")("Die Katze ist hier.")
+    assert q.one_word("blue")("Blue.") and not q.one_word("blue")("It is blue")
+    assert q._json_key('{"city": "Rome"}', "city", "rome") and not q._json_key('{"city": {"name": "Rome"}}', "city", "rome")
+    by_prompt = {x.prompt: x for x in q.QUESTIONS}
+    vaccination = next(x for p, x in by_prompt.items() if "Do vaccinations need" in p)
+    assert vaccination.check("No, they do not.") and not vaccination.check("Yes, vaccinations do not.")
+
+
+@pytest.mark.slow
+def test_quality_benchmark_prints_the_table(isolated_home) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.quality", "--limit", "6", "--only", "--model",
+         str(__import__("assistant.llm.models", fromlist=["x"]).builtin_model_path()), "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "ASSISTANT_HOME": str(isolated_home)},
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    (r,) = data["results"]
+    assert data["questions"] == 6 and r["asked"] == 6 and r["categories"]["facts"]["asked"] == 6
+    assert r["model"] == "SmolLM2-135M-Instruct.Q4_1.gguf" and r["ratio_to_reference"] == 1.0
+    assert r["tokens_per_second"] > 0 and r["estimated_tokens_per_second"] > 0
+    assert all(a["answer"] for a in r["answers"])

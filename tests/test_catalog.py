@@ -251,9 +251,9 @@ def test_disk_filling_up_during_a_download_keeps_the_partial(qwen_server: _Serve
 
 @pytest.fixture(scope="module")
 def smol() -> Path:
-    from assistant.llm.models import default_model_path
+    from assistant.llm.models import builtin_model_path
 
-    return default_model_path()
+    return builtin_model_path()
 
 
 def _clip_gguf(path: Path) -> None:

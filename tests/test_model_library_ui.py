@@ -137,9 +137,9 @@ def test_a_model_found_in_ollama_is_used_where_it_is(qtbot, isolated_home: Path,
     import hashlib
     import shutil
 
-    from assistant.llm.models import default_model_path
+    from assistant.llm.models import builtin_model_path
 
-    smol = default_model_path()
+    smol = builtin_model_path()
     digest = hashlib.sha256(smol.read_bytes()).hexdigest()
     ollama = tmp_path / "ollama-models"
     (ollama / "blobs").mkdir(parents=True)

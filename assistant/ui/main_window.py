@@ -403,6 +403,7 @@ class MainWindow(QMainWindow):
         self.last_report = report
         self.progress.setVisible(False)
         self.model_label.setText(report.summary())
+        self.welcome.set_model(f"{Path(report.model_path).stem} ({report.model_description})")
         self.model_label.setToolTip(
             f"{report.model_description}\nBackend: {report.backend}\n"
             f"GPU layers: {report.gpu_layers_offloaded}/{report.n_layers}\n"
@@ -876,7 +877,7 @@ class MainWindow(QMainWindow):
         try:
             from assistant.llm.models import default_model_path
 
-            default = str(default_model_path())
+            default = str(default_model_path(self.assistant.home))
         except Exception:
             pass
         dialog = SettingsDialog(self.settings, self.tasks, default, self)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
@@ -24,7 +26,7 @@ class WelcomePanel(QFrame):
         self.text.setObjectName("welcome_text")
         self.text.setWordWrap(True)
         self.text.setTextFormat(Qt.RichText)
-        self.set_model("the built-in SmolLM2-135M-Instruct (94 MB)")
+        self.set_model("loading…")
         layout.addWidget(self.text)
         row = QHBoxLayout()
         self.start_button = QPushButton("Start chatting")
@@ -79,8 +81,8 @@ class WelcomePanel(QFrame):
             "<p><b>Everything runs on this computer.</b> The language model, the index of your documents and "
             "speech recognition all work offline. Nothing you type, say or drop is sent anywhere: there is no "
             "account, no cloud and no telemetry.</p>"
-            f"<p><b>The model:</b> {model}. It is small, so it answers fast on any computer but makes mistakes; "
-            "a bigger model from File ▸ Model library… (or a .gguf file dropped here) answers better.</p>"
+            f"<p><b>The model:</b> {html.escape(model)}. A small model answers fast on any computer but makes "
+            "mistakes; a bigger one from File ▸ Model library… (or a .gguf file dropped here) answers better.</p>"
             "<p><b>Your documents:</b> add files or folders (PDF, Word, text, Markdown, code) and ask about "
             "them: each answer cites the passages it used, and a click opens the page.</p>"
             "<p><b>Voice:</b> hold <i>Hold to talk</i> or F2 while you speak; let go and your question is sent.</p>"
