@@ -94,8 +94,12 @@ def test_recommendation_is_the_most_capable_general_model_that_fits(builtin: cat
         assert best is not None and best.kind == "chat"
         assert cat.assess(best, machine).label in (cat.FITS_RAM, cat.FITS_GPU)
         for other in builtin.entries:
-            if other.kind == "chat" and cat.assess(other, machine).label in (cat.FITS_RAM, cat.FITS_GPU):
+            a = cat.assess(other, machine)
+            if other.kind == "chat" and (a.label == cat.FITS_GPU or (
+                    a.label == cat.FITS_RAM and a.tokens_per_second >= cat.RECOMMEND_TOKENS_PER_SECOND)):
                 assert other.parameters <= best.parameters
+        assert cat.assess(best, machine).label == cat.FITS_GPU or \
+            cat.assess(best, machine).tokens_per_second >= cat.RECOMMEND_TOKENS_PER_SECOND
     assert cat.recommend(builtin, WORKSTATION).parameters > cat.recommend(builtin, SMALL).parameters
     rows = cat.catalog_rows(builtin, LAPTOP)
     assert sum(r["recommended"] for r in rows) == 1
