@@ -11,7 +11,6 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +22,7 @@ from assistant.errors import DownloadError, ModelError
 from assistant.llm import catalog as cat
 from assistant.llm.models import download_model
 from assistant.llm.scan import scan
-from tests.test_models import _Server
+from tests.test_models import _Server, serving
 
 GB = 1 << 30
 LAPTOP = cat.Machine(ram_available=6 * GB, ram_total=8 * GB, cores=4)
@@ -168,16 +167,8 @@ def test_this_machine_is_read() -> None:
 
 @pytest.fixture
 def qwen_server(qwen: Path, tmp_path: Path) -> Iterator[_Server]:
-    page = tmp_path / "page.html"
-    page.write_text("<html>nothing</html>", encoding="utf-8")
-    srv = _Server(qwen, page)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.release.set()
-    srv.shutdown()
-    srv.server_close()
-    thread.join(5)
+    with serving(qwen, tmp_path) as srv:
+        yield srv
 
 
 def _local(entry: cat.Entry, server: _Server) -> cat.Entry:

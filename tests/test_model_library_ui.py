@@ -5,7 +5,6 @@ found in Ollama's folder used where it is."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,23 +13,15 @@ from PySide6.QtCore import Qt
 
 from assistant.config import Settings, config_dir, models_dir
 from assistant.llm import catalog as cat
-from tests.test_models import _Server
+from tests.test_models import _Server, serving
 
 QWEN_ID = "qwen2.5-coder-0.5b"
 
 
 @pytest.fixture
 def qwen_server(qwen: Path, tmp_path: Path) -> Iterator[_Server]:
-    page = tmp_path / "page.html"
-    page.write_text("<html>nothing</html>", encoding="utf-8")
-    srv = _Server(qwen, page)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.release.set()
-    srv.shutdown()
-    srv.server_close()
-    thread.join(5)
+    with serving(qwen, tmp_path) as srv:
+        yield srv
 
 
 def _mirror_catalog(home: Path, server: _Server) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import importlib.util
@@ -268,18 +269,27 @@ class _Server(http.server.ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_port}{path}"
 
 
-@pytest.fixture
-def server(smol: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Server]:
-    page = tmp_path_factory.mktemp("www") / "page.html"
+@contextlib.contextmanager
+def serving(model: Path, folder: Path) -> Iterator[_Server]:
+    """A local HTTP server for model (and a web page that is not one) on a free port, stopped after."""
+    page = folder / "page.html"
     page.write_text("<html><body>Sign in to download</body></html>" * 50, encoding="utf-8")
-    srv = _Server(smol, page)
+    srv = _Server(model, page)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
-    yield srv
-    srv.release.set()
-    srv.shutdown()
-    srv.server_close()
-    thread.join(5)
+    try:
+        yield srv
+    finally:
+        srv.release.set()
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+def server(smol: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Server]:
+    with serving(smol, tmp_path_factory.mktemp("www")) as srv:
+        yield srv
 
 
 def _sha(path: Path) -> str:
