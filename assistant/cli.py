@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--temperature", type=float)
     ask.add_argument("--collection", action="append",
                      help="answer from the documents of this collection, with citations (repeat for several; * for all)")
+    ask.add_argument("--general-knowledge", action="store_true",
+                     help="with --collection: answer from the model's own knowledge, as when the documents don't say")
 
     transcribe = sub.add_parser("transcribe", help="write down what is said in an audio file (Whisper, offline)")
     transcribe.add_argument("file")
@@ -150,6 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--model")
     bench.add_argument("--threads", type=int, default=0)
     bench.add_argument("--tokens", type=int, default=128)
+    bench.add_argument("--answers", action="store_true",
+                       help="rag: grounded answers on answerable and unanswerable questions, per model (bench/rag_answers.py)")
     return parser
 
 
@@ -185,7 +189,7 @@ def _gui(args: argparse.Namespace) -> int:
 
 
 def _ask(args: argparse.Namespace) -> int:
-    from assistant.events import AgentStep, Done, Error, Recalled, Remembered, Sources
+    from assistant.events import AgentStep, Done, Error, Judged, Recalled, Remembered, Sources, Support
 
     if bool(args.question) == bool(args.audio):
         print("assistant: give a question, or --audio FILE with a recording of one (not both).", file=sys.stderr)
@@ -213,9 +217,9 @@ def _ask(args: argparse.Namespace) -> int:
             run = assistant.agent(question, stop, _collections(args.collection), pal=args.pal, confirm=_confirm_on_tty)
             run = itertools.chain([kept] if kept else [], run)
         else:
-            run = assistant.ask(question, stop, _collections(args.collection))
+            run = assistant.ask(question, stop, _collections(args.collection), general_knowledge=args.general_knowledge)
         events = list(_echo(run, args.json))
-    sources = None
+    sources = judged = backed = None
     steps = []
     memories: list[dict] = []
     remembered = None
@@ -230,6 +234,10 @@ def _ask(args: argparse.Namespace) -> int:
                           "observation": event.observation, "refused": event.refused})
         elif isinstance(event, Sources):
             sources = event
+        elif isinstance(event, Judged):
+            judged = event
+        elif isinstance(event, Support):
+            backed = event
         elif isinstance(event, Error):
             print(f"assistant: {event.message}", file=sys.stderr)
             return 1
@@ -252,6 +260,13 @@ def _ask(args: argparse.Namespace) -> int:
             if sources is not None:
                 result["sources"] = [{"n": s.n, "file": s.file, "page": s.page, "text": s.text}
                                      for s in sources.sources]
+            if judged is not None:
+                result["judged"] = {"probability": judged.probability, "threshold": judged.threshold,
+                                    "answerable": judged.answerable, "seconds": judged.seconds}
+            if backed is not None:
+                result["support"] = [x.as_dict() for x in backed.sentences]
+            if args.collection and args.general_knowledge:
+                result["general_knowledge"] = True
             if transcript is not None:
                 result["transcript"] = transcript.as_dict()
             if args.agent or args.pal:
@@ -271,6 +286,13 @@ def _ask(args: argparse.Namespace) -> int:
         for s in sources.sources if sources else ():
             place = Path(s.file).name + (f", page {s.page}" if s.page else "")
             print(f"[{s.n}] {place}: {' '.join(s.text.split())[:100]}…", file=sys.stderr)
+        if judged is not None and not judged.answerable:
+            print("[--general-knowledge answers from the model's own knowledge instead]", file=sys.stderr)
+        for x in backed.sentences if backed else ():
+            if not x.supported:
+                print(f"[⚠ not in its passages: {x.text[:100]}]", file=sys.stderr)
+        if args.collection and args.general_knowledge:
+            print("[general knowledge: not from your documents]", file=sys.stderr)
     return 0
 
 
@@ -646,6 +668,10 @@ def _scan(args: argparse.Namespace, home: Path) -> int:
 def _bench(args: argparse.Namespace) -> int:
     root = Path(__file__).resolve().parent.parent
     sys.path.insert(0, str(root))
+    if args.what == "rag" and args.answers:  # --split, --per-kind through python -m bench.rag_answers
+        from bench import rag_answers
+
+        return rag_answers.main((["--json"] if args.json else []) + (["--model", args.model] if args.model else []))
     if args.what == "rag":  # its other options (--quick, --data) through python -m bench.rag
         from bench import rag as bench_rag
         return bench_rag.main(["--json"] if args.json else [])

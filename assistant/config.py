@@ -122,6 +122,9 @@ class Settings:
     search_mode: str = "hybrid"  # hybrid | dense | keyword
     min_similarity: float = 0.25  # below this cosine, a passage is not about the question
     diversity: float = 0.3  # MMR: 0 ranks by score alone; COVID-QA hybrid recall@5 0.760 at 0, 0.764 at 0.3
+    # Before a document answer the model judges whether the passages answer the question; below this
+    # probability of "yes" the app says the documents don't say (bench/rag_answers.py chose it). 0 turns it off.
+    grounding_threshold: float = 0.5
     passage_neighbours: int = 1  # chunks either side of each passage given to the model, while they fit
     watch_folders: bool = True  # re-walk added folders every 30 s while the app runs
     speech_model: str = "tiny.en"  # tiny.en | base (multilingual) | a CTranslate2 Whisper folder
@@ -167,6 +170,8 @@ class Settings:
              f"Search mode must be hybrid, dense or keyword, not {self.search_mode!r}."),
             (self.tool_format in ("react", "native"), f"Tool format must be react or native, not {self.tool_format!r}."),
             (-1.0 <= self.min_similarity <= 1.0, f"Minimum similarity must be between -1 and 1, not {self.min_similarity}."),
+            (0.0 <= self.grounding_threshold < 1.0,
+             f"The groundedness threshold must be at least 0 and below 1, not {self.grounding_threshold}."),
             (0.0 <= self.diversity < 1.0, f"Diversity must be at least 0 and below 1, not {self.diversity}."),
             (0 <= self.passage_neighbours <= 5, f"Neighbouring chunks must be between 0 and 5, not {self.passage_neighbours}."),
             (0.5 <= self.sandbox_wall_s <= 3600, f"Sandbox time must be between 0.5 and 3600 seconds, not {self.sandbox_wall_s}."),

@@ -23,11 +23,13 @@ from assistant.events import (
     Done,
     Error,
     Event,
+    Judged,
     Recalled,
     Remembered,
     Source,
     Sources,
     Summarised,
+    Support,
     Thinking,
     Token,
 )
@@ -426,11 +428,16 @@ class Assistant:
 
     def stream(self, history: list[dict[str, str]], stop: threading.Event | None = None,
                collection: str | Sequence[str] | None = None, whole_document: str | None = None,
-               memory_skip: set[str] | None = frozenset(), sampling: dict | None = None) -> Iterator[Event]:
+               memory_skip: set[str] | None = frozenset(), sampling: dict | None = None,
+               general_knowledge: bool = False) -> Iterator[Event]:
         """Answer the last user message of `history` (role/content dicts), without saving anything.
 
         With a collection (a name, several, or "*" for all), the answer is grounded in its passages,
-        which come first as a Sources event; with whole_document too, in the whole of that file.
+        which come first as a Sources event; with whole_document too, in the whole of that file. Before
+        answering, the model judges whether the passages answer the question (a Judged event); when they
+        do not, the answer says so and nothing is generated. After it, a Support event scores each
+        sentence against its passages. general_knowledge=True answers without the documents instead,
+        told that they do not cover the question.
         Long-term memories about the question come with it (a Recalled event says which), except those
         whose key is in memory_skip; memory_skip=None recalls none. sampling: max_tokens, temperature,
         top_p and seed for this answer instead of the settings' (the API server passes a request's).
@@ -438,12 +445,16 @@ class Assistant:
         try:
             question = history[-1]["content"] if history else ""
             memories = self.recall(question, memory_skip) if memory_skip is not None else []
-            if collection:
+            texts: list[str] = []
+            if collection and general_knowledge:
+                history = _with_note(history, GENERAL_NOTE)
+            elif collection:
                 sources, hits, texts = self._retrieve(question, collection, whole_document)
                 yield sources
                 if not hits:
                     # Saying so beats letting a model invent an answer "from the documents".
-                    answer = f"I found nothing about this in the documents of '{sources.collection}'."
+                    answer = f"Your documents don't say: I found nothing about this in the documents of '{sources.collection}'."
+                    yield Judged(0.0, self.settings.grounding_threshold, 0.0)
                     yield Token(answer)
                     yield Done(answer, "stop", 0, 0, 0, 0.0, 0.0, 0.0, 0.0)
                     return
@@ -460,6 +471,18 @@ class Assistant:
             tokens, dropped, kept = self._fit(history)
             if dropped:
                 yield ContextTrimmed(dropped, kept, engine.n_ctx)
+            if texts and whole_document is None and self.settings.grounding_threshold > 0:
+                system = history[:1] if history[0]["role"] == "system" else []
+                judged = self._judge(system + history[-kept:], stop)  # the turns the answer's prompt kept
+                if judged is not None:
+                    yield judged
+                    if not judged.answerable:
+                        from assistant.rag.grounding import refusal
+
+                        answer = refusal(question, sources.collection, len(texts))
+                        yield Token(answer)
+                        yield Done(answer, "stop", len(tokens), 0, 0, judged.seconds, 0.0, 0.0, 0.0)
+                        return
             s = self.settings
             options = {"max_tokens": s.max_tokens, "temperature": s.temperature, "top_p": s.top_p, **(sampling or {})}
             generation = engine.generate(tokens, stop=stop, **options)
@@ -482,6 +505,10 @@ class Assistant:
             finally:
                 self.generating.clear()
             st = generation.stats
+            if texts:
+                from assistant.rag.grounding import support
+
+                yield Support(tuple(support("".join(parts), texts)))
             yield Done(
                 answer="".join(parts), finish_reason=st.finish_reason, prompt_tokens=st.prompt_tokens,
                 reused_tokens=st.reused_tokens, completion_tokens=st.completion_tokens, seconds=st.seconds,
@@ -491,6 +518,69 @@ class Assistant:
             )
         except AssistantError as exc:
             yield Error(str(exc))
+
+    def _judge(self, messages: list[dict[str, str]], stop: threading.Event | None) -> Judged | None:
+        """The model's own yes/no on whether the passages in the last message answer its question.
+        Its prompt is the answer's up to the question, so the passages are read once for both. None where
+        the engine cannot say (a remote server), the model failed the self-test, or Stop was pressed."""
+        if not hasattr(self.engine, "choice_probabilities") or not self._can_judge(stop):
+            return None
+        started = time.perf_counter()
+        probability = self._yes_probability(messages, stop)
+        if probability is None:
+            return None
+        return Judged(round(probability, 3), self.settings.grounding_threshold, round(time.perf_counter() - started, 3))
+
+    def _yes_probability(self, messages: list[dict[str, str]], stop: threading.Event | None) -> float | None:
+        from assistant.rag.grounding import NO, YES, judge_messages, yes_probability
+
+        engine = self.engine
+        formatter = engine.formatter
+        try:
+            prompt = formatter.render(judge_messages(messages), add_generation_prompt=True, thinking=False)
+        except Exception as exc:
+            raise AssistantError(f"The model's chat template could not format this chat: {exc}") from exc
+        if formatter.opens_thinking(False):
+            prompt += "\n</think>\n\n"  # the judgement needs no thinking: close the block the template opened
+        choices = engine.choice_probabilities(engine.tokenize(prompt), {"yes": YES, "no": NO}, stop)
+        return None if choices is None else yes_probability(choices)
+
+    def _can_judge(self, stop: threading.Event | None) -> bool:
+        """Whether this model tells a passage that answers a question from one that does not (grounding's
+        self-test: two short forward passes, once per model file and wording, kept in judge_check.json)."""
+        import json
+
+        from assistant.fileio import atomic_write_text
+        from assistant.rag import grounding as g
+        from assistant.rag.citations import passages_prompt
+        from assistant.rag.retriever import Hit
+
+        path = Path(self.engine.model_path)
+        try:
+            stat = path.stat()
+        except OSError:
+            return False
+        key = f"{path}|{stat.st_size}|{int(stat.st_mtime)}|{g.JUDGE_QUESTION}"
+        cache = self.home / "judge_check.json"
+        try:
+            known = json.loads(cache.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            known = {}
+        if key not in known:
+            found = []
+            for text in (g.CHECK_ANSWERS, g.CHECK_DOES_NOT):
+                hit = Hit(0, "pets.txt", None, None, text, 1.0, None, None, None)
+                question = passages_prompt(g.CHECK_QUESTION, [hit], [text])
+                found.append(self._yes_probability(self.with_system([{"role": "user", "content": question}]), stop))
+            if None in found:  # stopped
+                return False
+            known[key] = {"answers": round(found[0], 3), "does_not": round(found[1], 3)}
+            try:
+                atomic_write_text(cache, json.dumps(known, indent=1))
+            except OSError:
+                log.warning("could not save %s", cache)
+        entry = known[key]
+        return g.check_passes(entry["answers"], entry["does_not"], self.settings.grounding_threshold)
 
     def agent(self, question: str, stop: threading.Event | None = None,
               collection: str | Sequence[str] | None = None, pal: bool = False, confirm=None,
@@ -541,7 +631,8 @@ class Assistant:
             kept.append({"role": message["role"], "content": message["content"]})
         return kept[::-1]
 
-    def ask(self, question: str, stop: threading.Event | None = None, collection: str | Sequence[str] | None = None) -> Iterator[Event]:
+    def ask(self, question: str, stop: threading.Event | None = None, collection: str | Sequence[str] | None = None,
+            general_knowledge: bool = False) -> Iterator[Event]:
         """A one-off question with the system prompt, outside any saved conversation."""
         if not question.strip():
             yield Error("Type a question first: the message is empty.")
@@ -550,7 +641,8 @@ class Assistant:
         if kept is not None:
             yield kept
         yield from self.stream(self.with_system([{"role": "user", "content": question}], note=_kept_note(kept)), stop,
-                               collection, memory_skip={kept.key} if kept else frozenset())
+                               collection, memory_skip={kept.key} if kept else frozenset(),
+                               general_knowledge=general_knowledge)
 
     def send(self, conversation_id: int, text: str, stop: threading.Event | None = None,
              collection: str | Sequence[str] | None = None) -> Iterator[Event]:
@@ -622,8 +714,10 @@ class Assistant:
             yield event
 
     def regenerate(self, conversation_id: int, stop: threading.Event | None = None,
-                   collection: str | Sequence[str] | None = None, whole_document: str | None = None) -> Iterator[Event]:
-        """Answer the last question again; the old answer goes only once a new one is saved."""
+                   collection: str | Sequence[str] | None = None, whole_document: str | None = None,
+                   general_knowledge: bool = False) -> Iterator[Event]:
+        """Answer the last question again; the old answer goes only once a new one is saved.
+        general_knowledge: without the documents (they do not say), and marked so."""
         messages = self.conversations.messages(conversation_id)
         old = messages[-1] if messages and messages[-1].role == "assistant" else None
         if old is not None:
@@ -632,7 +726,7 @@ class Assistant:
             yield Error("There is no question to answer again in this chat.")
             return
         yield from self._answer(conversation_id, stop, replaces=old.id if old else None, collection=collection,
-                                whole_document=whole_document)
+                                whole_document=whole_document, general_knowledge=general_knowledge)
 
     def edit_and_resend(
         self, conversation_id: int, message_id: int, text: str, stop: threading.Event | None = None,
@@ -647,7 +741,8 @@ class Assistant:
         yield from self.send(conversation_id, text, stop, collection)
 
     def _answer(self, conversation_id: int, stop: threading.Event | None, replaces: int | None = None,
-                collection: str | Sequence[str] | None = None, whole_document: str | None = None) -> Iterator[Event]:
+                collection: str | Sequence[str] | None = None, whole_document: str | None = None,
+                general_knowledge: bool = False) -> Iterator[Event]:
         try:
             chat = self.conversations.get(conversation_id)
             messages = _alternating([m for m in self.conversations.messages(conversation_id) if m.id != replaces])
@@ -679,10 +774,16 @@ class Assistant:
             skip.add(kept.key)  # the fact just told is in the question already
         sources: Sources | None = None
         recalled: Recalled | None = None
+        judged: Judged | None = None
+        backed: Support | None = None
         for event in self.stream(self.with_system(_dicts(messages), summary, _kept_note(kept)), stop, collection,
-                                 whole_document, skip if chat.memory else None):
+                                 whole_document, skip if chat.memory else None, general_knowledge=general_knowledge):
             if isinstance(event, Sources):
                 sources = event
+            if isinstance(event, Judged):
+                judged = event
+            if isinstance(event, Support):
+                backed = event
             if isinstance(event, Recalled):
                 recalled = event
             if isinstance(event, Done) and (event.answer or event.finish_reason != "cancelled"):
@@ -694,6 +795,13 @@ class Assistant:
                     meta["dropped"] = [source_dict(s) for s in sources.dropped]
                     if sources.whole_document:
                         meta["whole_document"] = sources.whole_document
+                if judged is not None:  # "not in your documents" answers keep the offer to answer anyway
+                    meta["judged"] = {"probability": judged.probability, "threshold": judged.threshold,
+                                      "answerable": judged.answerable}
+                if backed is not None:
+                    meta["support"] = [x.as_dict() for x in backed.sentences]
+                if collection and general_knowledge:
+                    meta["general_knowledge"] = True
                 if recalled is not None:
                     meta["memories"] = list(recalled.memories)
                 if event.reasoning:  # shown folded with the answer; never sent back to the model
@@ -842,6 +950,17 @@ class Assistant:
             documents, self._documents, self._memory = self._documents, None, None
         if documents is not None:
             documents.close()
+
+
+GENERAL_NOTE = ("The user's documents do not answer the next question, and the user asked for an answer from "
+                "general knowledge. Answer from what you know; do not say or imply that the documents say it.")
+
+
+def _with_note(history: list[dict[str, str]], note: str) -> list[dict[str, str]]:
+    """history with note added to its system message (or as one)."""
+    if history and history[0]["role"] == "system":
+        return [{"role": "system", "content": f"{history[0]['content']}\n\n{note}"}, *history[1:]]
+    return [{"role": "system", "content": note}, *history]
 
 
 def source_dict(s: Source) -> dict:

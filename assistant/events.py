@@ -107,10 +107,31 @@ class AgentStep:
 
 
 @dataclass(frozen=True)
+class Judged:
+    """Before a document answer: whether the passages answer the question at all, by the model's own yes/no."""
+
+    probability: float  # of "yes" among yes and no
+    threshold: float  # below it the app says the documents don't say, and writes no answer
+    seconds: float
+
+    @property
+    def answerable(self) -> bool:
+        return self.probability >= self.threshold
+
+
+@dataclass(frozen=True)
+class Support:
+    """After a document answer: each sentence with how much of it its passages contain (grounding.SentenceSupport)."""
+
+    sentences: tuple
+
+
+@dataclass(frozen=True)
 class Error:
     """Something the user can act on went wrong; the message is plain words."""
 
     message: str
 
 
-Event = Token | Thinking | ContextTrimmed | Sources | Recalled | Remembered | Summarised | AgentStep | Done | Error
+Event = (Token | Thinking | ContextTrimmed | Sources | Judged | Support | Recalled | Remembered | Summarised | AgentStep
+         | Done | Error)

@@ -3,7 +3,9 @@ use the model, its document collections (cited answers) and the embedder.
 
     GET  /v1/models
     POST /v1/chat/completions   (stream: server-sent events); extension: "collection" answers from
-                                documents and returns the passages as "sources"
+                                documents and returns the passages as "sources", and "grounding" (do the
+                                passages answer it; each sentence's support); "general_knowledge": true
+                                answers without them
     POST /v1/embeddings
 
 Standard library only (http.server), one thread per connection. The model has one context, so answers
@@ -31,7 +33,7 @@ from typing import Any
 
 from assistant import __version__
 from assistant.errors import AssistantError, SettingsError
-from assistant.events import Done, Error, Sources, Thinking, Token
+from assistant.events import Done, Error, Judged, Sources, Support, Thinking, Token
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +395,7 @@ class _Handler(BaseHTTPRequestHandler):
                     raise ApiError(503, "The server is shutting down.", "server_error", "shutting_down")
             try:
                 events = assistant.stream(history, stop, collection=collection or None, memory_skip=None,
-                                          sampling=sampling)
+                                          sampling=sampling, general_knowledge=body.get("general_knowledge") is True)
                 if stream:
                     self._stream_chat(events, stop, completion_id, created, body)
                 else:
@@ -404,10 +406,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.api.answer_ended(stop)
 
     def _whole_chat(self, events, completion_id: str, created: int) -> None:
-        sources, done = None, None
+        sources, done, grounding = None, None, {}
         for event in events:
             if isinstance(event, Sources):
                 sources = _sources(event)
+            elif isinstance(event, Judged | Support):
+                grounding |= _grounding(event)
             elif isinstance(event, Done):
                 done = event
             elif isinstance(event, Error):
@@ -425,6 +429,8 @@ class _Handler(BaseHTTPRequestHandler):
         }
         if sources is not None:
             body["sources"] = sources
+        if grounding:
+            body["grounding"] = grounding
         self._send_json(200, body)
 
     def _stream_chat(self, events, stop: threading.Event, completion_id: str, created: int, body: dict) -> None:
@@ -448,10 +454,13 @@ class _Handler(BaseHTTPRequestHandler):
                 started = True
                 self._event(chunk({"role": "assistant", "content": ""}, **(extra or {})))
 
+        grounding: dict = {}
         try:
             for event in events:
                 if isinstance(event, Sources):
                     start({"sources": _sources(event)})
+                elif isinstance(event, Judged | Support):
+                    grounding |= _grounding(event)
                 elif isinstance(event, Token):
                     start()
                     self._event(chunk({"content": event.text}))
@@ -465,7 +474,7 @@ class _Handler(BaseHTTPRequestHandler):
                     break
                 elif isinstance(event, Done):
                     start()
-                    self._event(chunk({}, _finish(event.finish_reason)))
+                    self._event(chunk({}, _finish(event.finish_reason), **({"grounding": grounding} if grounding else {})))
                     if include_usage:
                         self._event({"id": completion_id, "object": "chat.completion.chunk", "created": created,
                                      "model": model, "choices": [], "usage": _usage(event)})
@@ -565,6 +574,13 @@ def _finish(reason: str) -> str:
 def _usage(done: Done) -> dict:
     return {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
             "total_tokens": done.prompt_tokens + done.completion_tokens}
+
+
+def _grounding(event: Judged | Support) -> dict:
+    """The extension field "grounding": whether the passages answer the question, and each sentence's support."""
+    if isinstance(event, Judged):
+        return {"answerable": event.answerable, "probability": event.probability, "threshold": event.threshold}
+    return {"sentences": [x.as_dict() for x in event.sentences]}
 
 
 def _sources(event: Sources) -> list[dict]:

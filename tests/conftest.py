@@ -54,6 +54,18 @@ def qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip(f"Qwen2.5-Coder is not installed ({exc}); make test installs its parts")
 
 
+@pytest.fixture(scope="session")
+def default_chat(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Qwen2.5-Coder-1.5B-Instruct (the app's default chat model) joined from its 22 PyPI parts."""
+    from assistant.errors import ModelError
+    from assistant.llm.models import DEFAULT_CHAT, assemble
+
+    try:
+        return assemble(DEFAULT_CHAT, tmp_path_factory.mktemp("default-chat-home"))
+    except ModelError as exc:
+        pytest.skip(f"the default chat model is not installed ({exc}); make test installs its parts")
+
+
 @pytest.fixture
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)

@@ -18,7 +18,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -263,6 +263,32 @@ class Engine:
                 "Shorten the message or raise the context size in Settings."
             )
         return Generation(self, prompt_tokens, max_tokens, temperature, top_p, seed, stop, grammar)
+
+    def choice_probabilities(self, prompt_tokens: list[int], choices: dict[str, Sequence[str]],
+                             stop: threading.Event | None = None) -> dict[str, float] | None:
+        """The probability the model gives each choice as its next token: one forward pass, no sampling.
+
+        choices maps a name to the words that say it ("yes": ["yes", "Yes"]); each word counts by its first
+        token, with and without a leading space. The prompt stays in the KV cache, so an answer that
+        continues a shared prefix reads only what differs. None when stop was set.
+        """
+        import numpy as np
+
+        if not prompt_tokens or len(prompt_tokens) >= self.n_ctx:
+            raise ContextOverflowError(f"The prompt is {len(prompt_tokens)} tokens; the context holds {self.n_ctx}.")
+        lib = self._lib
+        reused = self._reuse_prefix(prompt_tokens)
+        if not self._read_prompt(prompt_tokens[reused:], stop or threading.Event()):
+            return None
+        n_vocab = lib.llama_vocab_n_tokens(self._vocab)
+        logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self._ctx, -1), shape=(n_vocab,)).astype(np.float64)
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        out = {}
+        for name, words in choices.items():
+            ids = {self.tokenize(w, add_special=False)[0] for word in words for w in (word, " " + word)}
+            out[name] = float(sum(probs[i] for i in ids))
+        return out
 
     def reset_cache(self) -> None:
         self._lib.llama_memory_clear(self._memory, True)

@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
 )
 
 from assistant import markdown
+from assistant.rag.grounding import SUPPORTED
 from assistant.viewer import open_at_page
 
 ROLE_NAMES = {"user": "You", "assistant": "Assistant", "notice": "Note", "error": "Problem"}
@@ -28,6 +29,7 @@ ROLE_NAMES = {"user": "You", "assistant": "Assistant", "notice": "Note", "error"
 class MessageBubble(QFrame):
     editRequested = Signal(object)  # the bubble
     wholeRequested = Signal(str)  # answer again from the whole of this file
+    generalRequested = Signal(object)  # the bubble: its documents don't say, answer again from general knowledge
 
     def __init__(self, role: str, text: str = "", message_id: int | None = None, dark: bool = False) -> None:
         super().__init__()
@@ -105,6 +107,8 @@ class MessageBubble(QFrame):
         self.kept: dict | None = None
         self.sources: list[dict] = []
         self.dropped: list[dict] = []
+        self.judged: dict | None = None  # the model's yes/no on "do the passages answer this?"
+        self.support: list[dict] = []  # each sentence of the answer and how much of it its passages hold
         self.set_text(text)
 
     def set_text(self, text: str) -> None:
@@ -114,7 +118,20 @@ class MessageBubble(QFrame):
         elif not text:
             self.body.setText("<p><i>…</i></p>")
         else:
-            self.body.setText(markdown.render(text, self.dark))
+            self.body.setText(markdown.render(_mark_unsupported(text, self.support), self.dark))
+
+    def set_grounding(self, judged: dict | None, support: list[dict]) -> None:
+        """How the answer holds to its passages: sentences the passages do not back get a ⚠ in the answer."""
+        self.judged, self.support = judged, list(support)
+        if self.text:
+            self.set_text(self.text)
+
+    def show_general(self) -> None:
+        """This answer was asked for from general knowledge: say plainly that the documents are not behind it."""
+        self.sources_label.setText('<p style="color:#b06000;"><b>General knowledge: not from your documents.</b> '
+                                   "Your documents did not answer this, so the model answered from what it "
+                                   "learned in training. Check it before you rely on it.</p>")
+        self.sources_label.setVisible(True)
 
     def set_meta(self, text: str) -> None:
         self.meta.setText(text)
@@ -201,9 +218,11 @@ class MessageBubble(QFrame):
         from assistant.rag.citations import cited_numbers
 
         self.sources, self.dropped, self.whole_document = sources, list(dropped), whole_document
+        refused = self.judged is not None and not self.judged.get("answerable", True)
+        general = ' &nbsp; <a href="general:">Answer from general knowledge</a>' if refused else ""
         if not sources:
-            self.sources_label.setText('<p><a href="why:">Why no passages?</a></p>' if dropped else "")
-            self.sources_label.setVisible(bool(dropped))
+            self.sources_label.setText(f'<p><a href="why:">Why no passages?</a>{general}</p>' if dropped or general else "")
+            self.sources_label.setVisible(bool(dropped or general))
             return
         cited = cited_numbers(self.text, len(sources))
         order = cited + [s["n"] for s in sources if s["n"] not in cited]
@@ -215,10 +234,15 @@ class MessageBubble(QFrame):
             snippet = html.escape(" ".join(s["text"].split())[:160])
             label = f'<a href="open:{n}">[{n}] {place}</a>'
             lines.append(f"<b>{label}</b> — {snippet}…" if n in cited else f'{label} <span style="color:gray;">— {snippet}…</span>')
-        title = "Sources" if cited else "Passages given to the model (none cited)"
+        title = ("Passages found (none answers the question)" if refused else
+                 "Sources" if cited else "Passages given to the model (none cited)")
         whole = f' &nbsp; <a href="whole:">Answer from the whole of {html.escape(Path(whole_document).name)}</a>' \
             if whole_document else ""
-        self.sources_label.setText(f'<p><b>{title}</b> &nbsp; <a href="why:">Why these?</a>{whole}<br>'
+        weak = sum(1 for x in self.support if x["score"] is not None and x["score"] < SUPPORTED)
+        legend = (f'<br><span style="color:#b06000;">⚠ {weak} sentence{"s" if weak > 1 else ""} of this answer '
+                  "use mostly words its passages do not have: check "
+                  f'{"them" if weak > 1 else "it"} (Why these? shows which).</span>') if weak else ""
+        self.sources_label.setText(f'<p><b>{title}</b> &nbsp; <a href="why:">Why these?</a>{general}{whole}{legend}<br>'
                                    + "<br>".join(lines) + "</p>")
         self.sources_label.setVisible(True)
 
@@ -249,6 +273,9 @@ class MessageBubble(QFrame):
         if href == "why:":
             self._inspect()
             return
+        if href == "general:":
+            self.generalRequested.emit(self)
+            return
         if href == "whole:":
             if self.whole_document:
                 self.wholeRequested.emit(self.whole_document)
@@ -259,18 +286,40 @@ class MessageBubble(QFrame):
             QDesktopServices.openUrl(QUrl.fromLocalFile(source["file"]))
 
     def _inspect(self) -> None:
-        """The retrieval inspector: which search found each passage, and why it was kept or dropped."""
         from PySide6.QtWidgets import QMessageBox
 
+        QMessageBox.information(self, "Why these passages", self.inspector_html())
+
+    def inspector_html(self) -> str:
+        """The retrieval inspector: which search found each passage, why it was kept or dropped, whether the
+        passages answer the question, and how much of each sentence of the answer its passages hold."""
         rows = []
         for s in [*self.sources, *self.dropped]:
             place = html.escape(Path(s["file"]).name) + (f", page {s['page']}" if s.get("page") else "")
             label = f"[{s['n']}]" if s["n"] else "dropped"
             reasons = html.escape("; ".join(s.get("why", [])))
             rows.append(f"<tr><td>{label}</td><td>{place}</td><td>{reasons}</td></tr>")
-        QMessageBox.information(self, "Why these passages", "<p>Each passage was found by keyword search, "
-                                "meaning (embedding) search or both, then ranked by a blend of the two.</p>"
-                                f"<table cellspacing='6'>{''.join(rows)}</table>")
+        judged = ""
+        if self.judged is not None:
+            verdict = "they do" if self.judged["answerable"] else "they do not, so no answer was written from them"
+            judged = (f"<p><b>Do these passages answer the question?</b> The model, asked before answering: "
+                      f"{verdict} (yes {self.judged['probability']:.0%}, needed {self.judged['threshold']:.0%}).</p>")
+        support = ""
+        if self.support:
+            lines = []
+            for x in self.support:
+                if x["score"] is None:
+                    score = "too short to check"
+                else:
+                    score = f"{x['score']:.0%} of its words in {'passage ' + ', '.join(map(str, x['cites'])) if x['cites'] else 'the passages'}"
+                    if x["missing"]:
+                        score += " · not there: " + html.escape(", ".join(x["missing"][:8]))
+                flag = "⚠ " if x["score"] is not None and x["score"] < SUPPORTED else ""
+                lines.append(f"<tr><td>{flag}{html.escape(x['text'][:140])}</td><td>{score}</td></tr>")
+            support = ("<p><b>Each sentence against its passages</b></p>"
+                       f"<table cellspacing='6'>{''.join(lines)}</table>")
+        return ("<p>Each passage was found by keyword search, meaning (embedding) search or both, then ranked by "
+                f"a blend of the two.</p><table cellspacing='6'>{''.join(rows)}</table>{judged}{support}")
 
     def _on_link(self, href: str) -> None:
         if href.startswith("copy:"):
@@ -288,6 +337,7 @@ class MessageBubble(QFrame):
 class ChatView(QScrollArea):
     editRequested = Signal(object)
     wholeRequested = Signal(str)
+    generalRequested = Signal(object)
 
     def __init__(self) -> None:
         super().__init__()
@@ -305,6 +355,9 @@ class ChatView(QScrollArea):
         self._sources: list[dict] = []
         self._dropped: list[dict] = []
         self._whole: str | None = None
+        self._judged: dict | None = None
+        self._support: list[dict] = []
+        self._general = False
         self._memories: list[dict] = []
         self._kept: dict | None = None
         self._pending = ""
@@ -329,6 +382,7 @@ class ChatView(QScrollArea):
         bubble = MessageBubble(role, text, message_id, self.dark)
         bubble.editRequested.connect(self.editRequested)
         bubble.wholeRequested.connect(self.wholeRequested)
+        bubble.generalRequested.connect(self.generalRequested)
         self.column.insertWidget(self.column.count() - 1, bubble)
         self.bubbles.append(bubble)
         self._stick_to_bottom = True
@@ -371,11 +425,16 @@ class ChatView(QScrollArea):
         self._thinking = ""
         if bubble is not None and meta:
             bubble.set_meta(meta)
-        if bubble is not None and (self._sources or self._dropped):
+        if bubble is not None and (self._judged or self._support):
+            bubble.set_grounding(self._judged, self._support)
+        if bubble is not None and self._general:
+            bubble.show_general()
+        elif bubble is not None and (self._sources or self._dropped or self._judged):
             bubble.show_sources(self._sources, self._dropped, self._whole)
         if bubble is not None and (self._memories or self._kept):
             bubble.show_memories(self._memories, self._kept)
         self._sources, self._dropped, self._whole, self._memories, self._kept = [], [], None, [], None
+        self._judged, self._support, self._general = None, [], False
         return bubble
 
     def set_recalled(self, event) -> None:
@@ -400,6 +459,18 @@ class ChatView(QScrollArea):
         self._sources = [source_dict(s) for s in event.sources]
         self._dropped = [source_dict(s) for s in event.dropped]
         self._whole = event.whole_document
+
+    def expect_general(self) -> None:
+        """The next answer is asked for from general knowledge: it is marked so when it is complete."""
+        self._general = True
+
+    def set_judged(self, event) -> None:
+        """The Judged event of the answer being written (do its passages answer the question?)."""
+        self._judged = {"probability": event.probability, "threshold": event.threshold, "answerable": event.answerable}
+
+    def set_support(self, event) -> None:
+        """The Support event of the answer being written: each sentence against its passages."""
+        self._support = [x.as_dict() for x in event.sentences]
 
     def streaming_bubble(self) -> MessageBubble:
         if self._streaming is None:
@@ -431,6 +502,17 @@ class ChatView(QScrollArea):
         if self._stick_to_bottom or bar.value() >= bar.maximum() - 40:
             bar.setValue(maximum)
             self._stick_to_bottom = False
+
+
+def _mark_unsupported(text: str, support: list[dict]) -> str:
+    """The answer with ⚠ after each sentence its passages do not back (the saved text stays as written)."""
+    for x in support:
+        if x["score"] is not None and x["score"] < SUPPORTED:
+            at = text.find(x["text"])
+            if at >= 0:
+                end = at + len(x["text"])
+                text = f"{text[:end]} ⚠{text[end:]}"
+    return text
 
 
 def _bubble_style(role: str, dark: bool) -> str:

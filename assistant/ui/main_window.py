@@ -134,6 +134,8 @@ class MainWindow(QMainWindow):
         w.token.connect(self.chat.append_token)
         w.thinking.connect(self.chat.append_thinking)
         w.sources.connect(self.chat.set_sources)
+        w.judged.connect(self.chat.set_judged)
+        w.support.connect(self.chat.set_support)
         w.step.connect(self.chat.add_step)
         w.confirmRequested.connect(self._confirm_code)
         w.trimmed.connect(self._on_trimmed)
@@ -216,6 +218,7 @@ class MainWindow(QMainWindow):
         self.chat = ChatView()
         self.chat.editRequested.connect(self._start_edit)
         self.chat.wholeRequested.connect(self.answer_from_whole)
+        self.chat.generalRequested.connect(self.answer_from_general_knowledge)
         self.edit_banner = QLabel("")
         self.edit_banner.setVisible(False)
         self.input = InputBox()
@@ -607,6 +610,20 @@ class MainWindow(QMainWindow):
         self._set_busy(True)
         self._request("whole", (self.conversation_id, path))
 
+    def answer_from_general_knowledge(self, bubble: MessageBubble) -> None:
+        """The documents don't say: answer the last question again from the model's own knowledge, marked so."""
+        if self.busy or self.conversation_id is None or not self.chat.bubbles:
+            return
+        if bubble is not self.chat.bubbles[-1]:
+            self.statusBar().showMessage("Only the latest answer can be asked again; send the question again to "
+                                         "get an answer from general knowledge.", 8000)
+            return
+        while self.chat.bubbles and self.chat.bubbles[-1].role != "user":
+            self.chat.remove_from(self.chat.bubbles[-1])
+        self._set_busy(True)
+        self.chat.expect_general()
+        self._request("general", (self.conversation_id,))
+
     def _start_edit(self, bubble: MessageBubble) -> None:
         if self.busy or bubble.message_id is None:
             return
@@ -689,7 +706,11 @@ class MainWindow(QMainWindow):
                     bubble.set_thinking(m.meta["reasoning"], m.meta.get("thinking_seconds", 0.0))
                 if m.role == "assistant" and (m.meta.get("memories") or m.meta.get("remembered")):
                     bubble.show_memories(m.meta.get("memories", []), m.meta.get("remembered"))
-                if m.role == "assistant" and (m.meta.get("sources") or m.meta.get("dropped")):
+                if m.role == "assistant" and (m.meta.get("judged") or m.meta.get("support")):
+                    bubble.set_grounding(m.meta.get("judged"), m.meta.get("support", []))
+                if m.role == "assistant" and m.meta.get("general_knowledge"):
+                    bubble.show_general()
+                elif m.role == "assistant" and (m.meta.get("sources") or m.meta.get("dropped") or m.meta.get("judged")):
                     bubble.show_sources(m.meta.get("sources", []), m.meta.get("dropped", []),
                                         m.meta.get("whole_document"))
                 if m.role == "assistant" and "completion_tokens" in m.meta:

@@ -15,10 +15,12 @@ from assistant.events import (
     ContextTrimmed,
     Done,
     Error,
+    Judged,
     Recalled,
     Remembered,
     Sources,
     Summarised,
+    Support,
     Thinking,
     Token,
 )
@@ -36,6 +38,8 @@ class ModelWorker(QObject):
     token = Signal(str)
     thinking = Signal(str)  # a piece of a reasoning model's thinking, before its answer
     sources = Signal(object)  # Sources: the passages the answer may cite
+    judged = Signal(object)  # Judged: do the passages answer the question at all?
+    support = Signal(object)  # Support: each sentence of the answer against its passages
     step = Signal(object)  # AgentStep: a tool call and what it returned
     confirmRequested = Signal(str, object)  # tool, its arguments: the UI answers with decide()
     trimmed = Signal(object)  # ContextTrimmed
@@ -117,6 +121,9 @@ class ModelWorker(QObject):
         self._allowed = allowed
         self._decided.set()
 
+    def _general(self, conversation_id: int, **kwargs):
+        return self.assistant.regenerate(conversation_id, general_knowledge=True, **kwargs)
+
     def _whole(self, conversation_id: int, path: str, **kwargs):
         return self.assistant.regenerate(conversation_id, whole_document=path, **kwargs)
 
@@ -124,6 +131,7 @@ class ModelWorker(QObject):
     def run(self, kind: str, args: tuple, collection: str) -> None:
         """kind: send (conversation_id, text) | regenerate (conversation_id,) | edit (conversation_id, message_id, text)
         | whole (conversation_id, file): answer the last question again from the whole file
+        | general (conversation_id,): answer the last question again from general knowledge, not the documents
         | tools (conversation_id, text, pal): send, answered by the agent (pal: by a program).
 
         collection: the documents to answer from, or "" for none.
@@ -134,7 +142,8 @@ class ModelWorker(QObject):
                 if self.assistant.engine is None:
                     return  # loadFailed has told the user why
             method = {"send": self.assistant.send, "regenerate": self.assistant.regenerate,
-                      "edit": self.assistant.edit_and_resend, "whole": self._whole, "tools": self._tools}[kind]
+                      "edit": self.assistant.edit_and_resend, "whole": self._whole, "tools": self._tools,
+                      "general": self._general}[kind]
             with self.assistant.engine_lock:  # an API request may be using the model: answer after it
                 self._relay(method(*args, stop=self.stop_event, collection=collection or None))
         except AssistantError as exc:
@@ -153,6 +162,10 @@ class ModelWorker(QObject):
                 self.thinking.emit(event.text)
             elif isinstance(event, Sources):
                 self.sources.emit(event)
+            elif isinstance(event, Judged):
+                self.judged.emit(event)
+            elif isinstance(event, Support):
+                self.support.emit(event)
             elif isinstance(event, AgentStep):
                 self.step.emit(event)
             elif isinstance(event, ContextTrimmed):
