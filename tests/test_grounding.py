@@ -232,3 +232,56 @@ def test_unbacked_sentences_are_marked_in_the_answer_and_explained(qtbot, window
     inspector = bubble.inspector_html()
     assert "chocolate" in inspector and "they do (yes 90%" in inspector
     assert "Answer from general knowledge" not in bubble.sources_label.text()
+
+
+def _post(server, body: dict) -> tuple[int, bytes]:
+    import urllib.request
+
+    request = urllib.request.Request(server.url + "/chat/completions", data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return response.status, response.read()
+
+
+def test_the_api_returns_the_judgement_and_answers_from_general_knowledge_when_asked(dogs: Assistant) -> None:
+    from assistant.server import ApiServer
+
+    server = ApiServer(dogs, "127.0.0.1", 0)
+    server.start()
+    try:
+        ask = {"messages": [{"role": "user", "content": "What is the name of our dog?"}], "max_tokens": 30}
+        status, raw = _post(server, {**ask, "collection": "theirs"})
+        reply = json.loads(raw)
+        assert status == 200 and reply["choices"][0]["message"]["content"].startswith("Your documents don't say")
+        assert reply["grounding"]["answerable"] is False and reply["sources"]
+
+        reply = json.loads(_post(server, {**ask, "collection": "theirs", "general_knowledge": True})[1])
+        assert "grounding" not in reply and "sources" not in reply
+        assert not reply["choices"][0]["message"]["content"].startswith("Your documents don't say")
+
+        _, raw = _post(server, {**ask, "collection": "ours", "stream": True})
+        chunks = [json.loads(line[6:]) for line in raw.decode().splitlines()
+                  if line.startswith("data: {")]
+        text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c.get("choices"))
+        last = next(c for c in reversed(chunks) if c.get("choices") and c["choices"][0]["finish_reason"])
+        assert "Rex" in text and last["grounding"]["answerable"] is True
+        assert last["grounding"]["sentences"] and last["grounding"]["sentences"][0]["text"] in text
+    finally:
+        server.stop()
+
+
+def test_the_command_line_says_so_and_takes_general_knowledge(dogs: Assistant, default_chat: Path) -> None:
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "assistant", "ask", "What is the name of our dog?", "--collection", "theirs",
+               "--model", str(default_chat), "--max-tokens", "30"]
+    done = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["judged"]["answerable"] is False and result["answer"].startswith("Your documents don't say")
+    plain = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert "--general-knowledge" in plain.stderr
+    general = json.loads(subprocess.run([*command, "--json", "--general-knowledge"], capture_output=True, text=True,
+                                        timeout=300).stdout)
+    assert general["general_knowledge"] is True and "judged" not in general and "sources" not in general

@@ -84,8 +84,9 @@ def refusal(question: str, collection: str, passages: int) -> str:
     if len(asked) > 120:
         asked = asked[:117].rstrip() + "…"
     where = "all your documents" if collection == "*" else f"the documents of '{collection}'"
-    found = f"the {passages} passages I found" if passages != 1 else "the one passage I found"
-    return (f"Your documents don't say. None of {found} in {where} answers “{asked}”. "
+    found = f"None of the {passages} passages I found" if passages != 1 else "The one passage I found"
+    verb = "answers" if passages != 1 else "does not answer"
+    return (f"Your documents don't say. {found} in {where} {verb} “{asked}”. "
             "The passages are listed below; you can also ask me to answer from general knowledge.")
 
 

@@ -51,6 +51,8 @@ SHORT_AUDIO_S = 60.0  # a dropped recording up to this long is a question: its w
 
 
 def answer_meta(tokens: int, tokens_per_second: float, finish_reason: str) -> str:
+    if tokens == 0 and finish_reason == "stop":
+        return ""  # the app's own words ("Your documents don't say"): no model output to measure
     ending = {"cancelled": " · stopped", "length": " · cut short: max tokens or context full"}.get(finish_reason, "")
     return f"{tokens} tokens · {tokens_per_second:.1f} tok/s{ending}"
 
@@ -470,7 +472,8 @@ class MainWindow(QMainWindow):
                                       done.thinking_seconds if done.reasoning else None)
         if bubble is not None:
             bubble.message_id = done.message_id
-        self.speed_label.setText(f"{done.tokens_per_second:.1f} tok/s · first token {done.time_to_first_token:.2f} s")
+        if done.completion_tokens:
+            self.speed_label.setText(f"{done.tokens_per_second:.1f} tok/s · first token {done.time_to_first_token:.2f} s")
         if self.last_report is not None:
             used = done.prompt_tokens + done.completion_tokens
             self.context_label.setText(f"context {used}/{self.last_report.n_ctx}")

@@ -117,6 +117,12 @@ class SettingsDialog(QDialog):
         self.passage_neighbours = _spin(0, 5, settings.passage_neighbours,
                                         "chunks either side of each passage, while they fit the context")
         form.addRow("Surrounding chunks", self.passage_neighbours)
+        self.grounding_threshold = _dspin(0.0, 0.95, settings.grounding_threshold, 0.05)
+        self.grounding_threshold.setToolTip(
+            "Before answering from documents, the model says whether the passages answer the question; below this "
+            "share of 'yes' the app says your documents don't say. 0 turns the check off. Models too small to "
+            "judge (found by a short self-test) are never asked.")
+        form.addRow("Say \"not in your documents\" below", self.grounding_threshold)
         self.watch_folders = QCheckBox("Watch added folders and re-index what changes")
         self.watch_folders.setChecked(settings.watch_folders)
         form.addRow("", self.watch_folders)
@@ -258,6 +264,7 @@ class SettingsDialog(QDialog):
             top_k=self.top_k.value(), search_mode=self.search_mode.currentText(),
             min_similarity=self.min_similarity.value(), diversity=self.diversity.value(),
             passage_neighbours=self.passage_neighbours.value(), watch_folders=self.watch_folders.isChecked(),
+            grounding_threshold=self.grounding_threshold.value(),
             microphone=self.microphone.currentData() or "", speech_model=self.speech_model.currentText().strip(),
             speech_language=self.speech_language.text().strip().lower(), voice_auto_send=self.voice_auto_send.isChecked(),
             index_transcripts=self.index_transcripts.isChecked(),
