@@ -198,12 +198,13 @@ def score(rows_a: list[dict], rows_u: list[dict], threshold: float | None, extra
 
 
 def run_model(model: Path, home: Path, papers: list[dict[str, Any]], split: str, per_kind: int,
-              threads: int | None) -> dict[str, Any]:
+              threads: int | None, n_ctx: int | None = None) -> dict[str, Any]:
     from assistant.config import Settings
     from assistant.core import Assistant
 
     settings = Settings(model_path=str(model), temperature=0.0, max_tokens=MAX_TOKENS, memory_enabled=False,
-                        grounding_threshold=1e-9, **({"n_threads": threads} if threads else {}))
+                        grounding_threshold=1e-9, **({"n_threads": threads} if threads else {}),
+                        **({"n_ctx": n_ctx} if n_ctx else {}))
     app = Assistant(settings=settings, home=home)
     try:
         if not (home / "indexed").exists():  # the models share one index
@@ -283,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-kind", type=int, default=PER_KIND, help=f"questions of each kind (default {PER_KIND})")
     p.add_argument("--papers", type=int, default=PAPERS)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--n-ctx", type=int, default=None, help="the model's context (default: the app's setting)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--json", action="store_true")
     p.add_argument("--answers", action="store_true", help="also print every answer with its judgement")
@@ -298,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         papers = write_papers(data, tmp / "papers", args.papers)
         for model in models:
             started = time.perf_counter()
-            result = run_model(model, tmp / "home", papers, args.split, args.per_kind, args.threads)
+            result = run_model(model, tmp / "home", papers, args.split, args.per_kind, args.threads,
+                               args.n_ctx)
             result["seconds"] = round(time.perf_counter() - started, 1)
             results.append(result)
             say(f"bench.rag_answers: {model.name} took {result['seconds']} s")
