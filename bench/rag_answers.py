@@ -198,7 +198,8 @@ def score(rows_a: list[dict], rows_u: list[dict], threshold: float | None, extra
 
 
 def run_model(model: Path, home: Path, papers: list[dict[str, Any]], split: str, per_kind: int,
-              threads: int | None, n_ctx: int | None = None) -> dict[str, Any]:
+              threads: int | None, n_ctx: int | None = None,
+              latency_questions: int = LATENCY_QUESTIONS) -> dict[str, Any]:
     from assistant.config import Settings
     from assistant.core import Assistant
 
@@ -215,7 +216,9 @@ def run_model(model: Path, home: Path, papers: list[dict[str, Any]], split: str,
         app.load_model()
         # The app judges only with models that pass its self-test; to show what judging would do with the
         # others too, every model is asked to judge here, and "grounded" is what the app really does.
+        settings.grounding_threshold = Settings().grounding_threshold  # the self-test at the app's own threshold
         self_test = app._can_judge(None)
+        settings.grounding_threshold = 1e-9
         app._can_judge = lambda stop: True
         answerable, unanswerable = build_sets(app, papers, split, per_kind)
         say(f"bench.rag_answers: {model.name}: {len(answerable)} answerable + {len(unanswerable)} unanswerable...")
@@ -224,7 +227,9 @@ def run_model(model: Path, home: Path, papers: list[dict[str, Any]], split: str,
             for question, golds, collection in items:
                 row = ask(app, question, collection) | {"question": question, "golds": golds, "collection": collection}
                 rows[kind].append(row)
-        latency = time_first_token(app, answerable[:LATENCY_QUESTIONS // 2] + unanswerable[:LATENCY_QUESTIONS // 2])
+        timed = answerable[:latency_questions // 2] + unanswerable[:latency_questions // 2]
+        latency = time_first_token(app, timed) if timed else {"questions": 0, "without_p50_s": 0.0, "with_p50_s": 0.0,
+                                                               "extra_p50_s": 0.0, "extra_max_s": 0.0}
         threshold = Settings().grounding_threshold
         result = {
             "model": model.name, "path": str(model), "split": split, "threshold": threshold, "self_test": self_test,
@@ -285,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--papers", type=int, default=PAPERS)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--n-ctx", type=int, default=None, help="the model's context (default: the app's setting)")
+    p.add_argument("--latency", type=int, default=LATENCY_QUESTIONS,
+                   help=f"questions timed with and without the judgement (default {LATENCY_QUESTIONS}; 0: none)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--json", action="store_true")
     p.add_argument("--answers", action="store_true", help="also print every answer with its judgement")
@@ -301,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         for model in models:
             started = time.perf_counter()
             result = run_model(model, tmp / "home", papers, args.split, args.per_kind, args.threads,
-                               args.n_ctx)
+                               args.n_ctx, args.latency)
             result["seconds"] = round(time.perf_counter() - started, 1)
             results.append(result)
             say(f"bench.rag_answers: {model.name} took {result['seconds']} s")

@@ -65,7 +65,7 @@ CHECK_QUESTION = "What is the name of our dog?"
 CHECK_ANSWERS = "Our dog is called Rex. He is a brown labrador who loves swimming in the lake."
 CHECK_DOES_NOT = ("The neighbours have a dog too. Their poodle barks at night and the whole street hears it. "
                   "Dogs like theirs need a long walk every day.")
-CHECK_MARGIN = 0.15  # each case this far on its side of the threshold
+CHECK_MARGIN = 0.1  # each case this far on its side of the threshold
 
 
 def check_passes(answers: float, does_not: float, threshold: float) -> bool:
