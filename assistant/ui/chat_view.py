@@ -300,7 +300,9 @@ class MessageBubble(QFrame):
             reasons = html.escape("; ".join(s.get("why", [])))
             rows.append(f"<tr><td>{label}</td><td>{place}</td><td>{reasons}</td></tr>")
         judged = ""
-        if self.judged is not None:
+        if self.judged is not None and not self.sources:
+            judged = "<p>No passage was about the question, so the model was not asked to answer from them.</p>"
+        elif self.judged is not None:
             verdict = "they do" if self.judged["answerable"] else "they do not, so no answer was written from them"
             judged = (f"<p><b>Do these passages answer the question?</b> The model, asked before answering: "
                       f"{verdict} (yes {self.judged['probability']:.0%}, needed {self.judged['threshold']:.0%}).</p>")
