@@ -113,6 +113,21 @@ def test_a_missing_or_broken_model_folder_is_a_clear_error(tmp_path: Path) -> No
         Transcriber(str(tmp_path / "half")).load()
 
 
+def test_speech_after_a_long_silence_is_timed_where_it_is_said(tiny: Transcriber, jfk_wav: Path) -> None:
+    """A meeting with a long quiet stretch: no segment runs across it, and the words after it start after it."""
+    with wave.open(str(jfk_wav)) as src:
+        speech = np.frombuffer(src.readframes(src.getnframes()), dtype=np.int16).astype(np.float32) / 32768
+    gap_end = (speech.size + 48 * SAMPLE_RATE) / SAMPLE_RATE
+    result = tiny.transcribe(np.concatenate([speech, np.zeros(48 * SAMPLE_RATE, dtype=np.float32), speech]))
+    before = [s for s in result.segments if s.start < gap_end - 40]
+    after = [s for s in result.segments if s.start >= gap_end - 1]
+    assert before and after, [(s.start, s.end) for s in result.segments]
+    assert all(s.end < speech.size / SAMPLE_RATE + 2 for s in before), [(s.start, s.end) for s in before]
+    assert abs(after[0].start - gap_end) < 1.0, after[0].start
+    assert len(before) + len(after) == len(result.segments)
+    assert word_error_rate(JFK_TEXT, " ".join(s.text for s in after)) <= 0.1
+
+
 def test_silence_gives_no_words_and_no_invented_ones(tiny: Transcriber, tmp_path: Path) -> None:
     short = write_wav(tmp_path / "blip.wav", np.zeros(int(0.2 * SAMPLE_RATE)))
     result = tiny.transcribe_file(short)

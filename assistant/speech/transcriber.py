@@ -27,6 +27,10 @@ from assistant.speech.models import DEFAULT_SPEECH_MODEL, speech_model_dir
 BEAM_SIZE = 1
 # Pauses shorter than this stay in: people pause mid-sentence, and cutting there loses context.
 VAD_PARAMETERS = {"min_silence_duration_ms": 500, "speech_pad_ms": 200}
+# Whisper decodes a block as one stream: across a long silence it can run one segment over the gap or
+# start the words after it at the time before it. Speech separated by this much quiet is therefore
+# transcribed as separate regions, each timed from where its speech starts.
+REGION_GAP_MS = 2000
 PROMPT_CHARS = 200  # the end of the previous block's text, given to the next so it reads on
 
 
@@ -134,21 +138,25 @@ class Transcriber:
                 if cancel is not None and cancel.is_set():
                     cancelled = True
                     break
-                if block.size:
+                for first, last in speech_regions(block):
                     prompt = " ".join(s.text for s in segments[-5:])[-PROMPT_CHARS:] or None
-                    pieces, info = model.transcribe(block, language=language, beam_size=BEAM_SIZE, vad_filter=True,
-                                                    vad_parameters=VAD_PARAMETERS, initial_prompt=prompt)
+                    at = offset + first / SAMPLE_RATE
+                    pieces, info = model.transcribe(block[first:last], language=language, beam_size=BEAM_SIZE,
+                                                    vad_filter=True, vad_parameters=VAD_PARAMETERS,
+                                                    initial_prompt=prompt)
                     for piece in pieces:  # a generator: the decoding happens as it is read
                         text = piece.text.strip()
                         if text:
-                            segments.append(Segment(offset + piece.start, offset + piece.end, text))
+                            segments.append(Segment(at + piece.start, at + piece.end, text))
                         if progress:
-                            progress(offset + piece.end, total)
+                            progress(at + piece.end, total)
                         if cancel is not None and cancel.is_set():
                             cancelled = True
                             break
                     if language is None and segments:
                         language = info.language  # detected once, kept for the blocks after
+                    if cancelled:
+                        break
                 offset += block.size / SAMPLE_RATE
                 if cancelled:
                     break
@@ -157,6 +165,17 @@ class Transcriber:
             seconds = time.perf_counter() - start
         return Transcript(text=" ".join(s.text for s in segments), language=language or "", duration_s=offset,
                           seconds=seconds, model=self.model_name, segments=segments, cancelled=cancelled)
+
+
+def speech_regions(samples: np.ndarray) -> list[tuple[int, int]]:
+    """(first, last) sample of each stretch of speech, split where the quiet lasts REGION_GAP_MS or more."""
+    if not samples.size:
+        return []
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    found = get_speech_timestamps(samples, VadOptions(min_silence_duration_ms=REGION_GAP_MS,
+                                                      speech_pad_ms=VAD_PARAMETERS["speech_pad_ms"]))
+    return [(r["start"], r["end"]) for r in found]
 
 
 def clock(seconds: float) -> str:
