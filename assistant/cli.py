@@ -261,8 +261,7 @@ def _ask(args: argparse.Namespace) -> int:
                 result["sources"] = [{"n": s.n, "file": s.file, "page": s.page, "text": s.text}
                                      for s in sources.sources]
             if judged is not None:
-                result["judged"] = {"probability": judged.probability, "threshold": judged.threshold,
-                                    "answerable": judged.answerable, "seconds": judged.seconds}
+                result["judged"] = judged.as_dict()
             if backed is not None:
                 result["support"] = [x.as_dict() for x in backed.sentences]
             if args.collection and args.general_knowledge:

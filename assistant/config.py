@@ -123,7 +123,8 @@ class Settings:
     min_similarity: float = 0.25  # below this cosine, a passage is not about the question
     diversity: float = 0.3  # MMR: 0 ranks by score alone; COVID-QA hybrid recall@5 0.760 at 0, 0.764 at 0.3
     # Before a document answer the model judges whether the passages answer the question; below this
-    # probability of "yes" the app says the documents don't say (bench/rag_answers.py chose it). 0 turns it off.
+    # groundedness (its "yes" weighed with the question's coverage and similarity: rag/grounding.py) the app
+    # says the documents don't say (bench/rag_answers.py's dev split chose it). 0 turns it off.
     grounding_threshold: float = 0.6
     passage_neighbours: int = 1  # chunks either side of each passage given to the model, while they fit
     watch_folders: bool = True  # re-walk added folders every 30 s while the app runs

@@ -473,7 +473,7 @@ class Assistant:
                 yield ContextTrimmed(dropped, kept, engine.n_ctx)
             if texts and whole_document is None and self.settings.grounding_threshold > 0:
                 system = history[:1] if history[0]["role"] == "system" else []
-                judged = self._judge(system + history[-kept:], stop)  # the turns the answer's prompt kept
+                judged = self._judge(system + history[-kept:], stop, question, hits, texts)  # the turns the answer's prompt kept
                 if judged is not None:
                     yield judged
                     if not judged.answerable:
@@ -519,17 +519,26 @@ class Assistant:
         except AssistantError as exc:
             yield Error(str(exc))
 
-    def _judge(self, messages: list[dict[str, str]], stop: threading.Event | None) -> Judged | None:
-        """The model's own yes/no on whether the passages in the last message answer its question.
-        Its prompt is the answer's up to the question, so the passages are read once for both. None where
-        the engine cannot say (a remote server), the model failed the self-test, or Stop was pressed."""
+    def _judge(self, messages: list[dict[str, str]], stop: threading.Event | None, question: str,
+               hits: Sequence, texts: Sequence[str]) -> Judged | None:
+        """Whether the passages in the last message answer its question: the model's own yes/no (its prompt is
+        the answer's up to the question, so the passages are read once for both), weighed with the question's
+        words found in the passages and the closest passage's similarity. None where the engine cannot say
+        (a remote server), the model failed the self-test, or Stop was pressed."""
+        from assistant.rag import grounding as g
+
         if not hasattr(self.engine, "choice_probabilities") or not self._can_judge(stop):
             return None
         started = time.perf_counter()
         probability = self._yes_probability(messages, stop)
         if probability is None:
             return None
-        return Judged(round(probability, 3), self.settings.grounding_threshold, round(time.perf_counter() - started, 3))
+        probability = round(probability, 3)
+        coverage, missing = g.question_coverage(question, texts)
+        similarities = [h.similarity for h in hits if h.similarity is not None]
+        similarity = round(max(similarities), 3) if similarities else None
+        return Judged(probability, self.settings.grounding_threshold, round(time.perf_counter() - started, 3),
+                      coverage, similarity, missing, g.groundedness(probability, coverage, similarity))
 
     def _yes_probability(self, messages: list[dict[str, str]], stop: threading.Event | None) -> float | None:
         from assistant.rag.grounding import NO, YES, judge_messages, yes_probability
@@ -796,8 +805,7 @@ class Assistant:
                     if sources.whole_document:
                         meta["whole_document"] = sources.whole_document
                 if judged is not None:  # "not in your documents" answers keep the offer to answer anyway
-                    meta["judged"] = {"probability": judged.probability, "threshold": judged.threshold,
-                                      "answerable": judged.answerable}
+                    meta["judged"] = judged.as_dict()
                 if backed is not None:
                     meta["support"] = [x.as_dict() for x in backed.sentences]
                 if collection and general_knowledge:

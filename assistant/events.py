@@ -108,15 +108,30 @@ class AgentStep:
 
 @dataclass(frozen=True)
 class Judged:
-    """Before a document answer: whether the passages answer the question at all, by the model's own yes/no."""
+    """Before a document answer: whether the passages answer the question at all. The model's own yes/no,
+    weighed with how much of the question the passages contain and how close the best of them is
+    (grounding.groundedness)."""
 
-    probability: float  # of "yes" among yes and no
+    probability: float  # the model's "yes" among yes and no
     threshold: float  # below it the app says the documents don't say, and writes no answer
     seconds: float
+    coverage: float | None = None  # share of the question's own words the passages hold; None: too few to look for
+    similarity: float | None = None  # the closest passage's cosine with the question
+    missing: tuple[str, ...] = ()  # the question's words that no passage has
+    score: float | None = None  # what the threshold holds; None: the probability alone
+
+    @property
+    def groundedness(self) -> float:
+        return self.probability if self.score is None else self.score
 
     @property
     def answerable(self) -> bool:
-        return self.probability >= self.threshold
+        return self.groundedness >= self.threshold
+
+    def as_dict(self) -> dict:
+        return {"answerable": self.answerable, "score": self.groundedness, "threshold": self.threshold,
+                "probability": self.probability, "coverage": self.coverage, "similarity": self.similarity,
+                "missing": list(self.missing), "seconds": self.seconds}
 
 
 @dataclass(frozen=True)

@@ -579,7 +579,7 @@ def _usage(done: Done) -> dict:
 def _grounding(event: Judged | Support) -> dict:
     """The extension field "grounding": whether the passages answer the question, and each sentence's support."""
     if isinstance(event, Judged):
-        return {"answerable": event.answerable, "probability": event.probability, "threshold": event.threshold}
+        return {k: v for k, v in event.as_dict().items() if k != "seconds"}
     return {"sentences": [x.as_dict() for x in event.sentences]}
 
 

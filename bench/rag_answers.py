@@ -10,11 +10,13 @@ indexed one collection per paper, through the app's own loaders, chunker and emb
   in none of its passages (a wrong paper on the same subject: the hard case, not an unrelated one).
 
 Every question goes through Assistant.ask with its collection, greedy, the app's own settings otherwise.
-Each answer is scored two ways from the same run: the current pipeline (the model's answer as it is) and
-the grounded one (the same answer, unless the model's yes/no judgement before it fell below the
-threshold, in which case the app's "your documents don't say" stands instead). Printed per model: refusal
-rate on unanswerable, answer rate and token F1 on answerable, seconds per question, and the judgement's
-extra latency, timed separately on a few questions, cold, with and without it (one token of answer each).
+Each answer is scored three ways from the same run: the current pipeline (the model's answer as it is), the
+model's yes/no alone (the same answer, unless the model's judgement before it fell below the threshold, in
+which case the app's "your documents don't say" stands instead), and grounded, what the app does: the same
+with the judgement weighed with the question's coverage and the closest passage's similarity
+(grounding.groundedness). Printed per model: refusal rate on unanswerable, answer rate and token F1 on
+answerable, seconds per question, and the judgement's extra latency, timed separately on a few questions,
+cold, with and without it (one token of answer each).
 
 --split dev picks the threshold (a sweep is printed); the default split, test, is disjoint from it and is
 what the closing figures come from. A benchmark: it reports and never fails on a figure.
@@ -136,8 +138,8 @@ def ask(app: Any, question: str, collection: str) -> dict[str, Any]:
     out: dict[str, Any] = {"probability": None}
     for event in app.ask(question, collection=collection):
         if isinstance(event, Judged):
-            out["probability"] = event.probability
-            out["judge_s"] = event.seconds
+            out |= {"probability": event.probability, "score": event.score, "coverage": event.coverage,
+                    "similarity": event.similarity, "judge_s": event.seconds}
         elif isinstance(event, Done):
             out |= {"answer": event.answer, "prompt_tokens": event.prompt_tokens,
                     "completion_tokens": event.completion_tokens, "answer_s": event.seconds}
@@ -153,7 +155,7 @@ def time_first_token(app: Any, questions: list[tuple[str, list[str], str]]) -> d
     from assistant.events import Done
 
     settings = app.settings
-    threshold = settings.grounding_threshold
+    threshold, tokens = settings.grounding_threshold, settings.max_tokens
     rows = []
     try:
         for question, _golds, collection in questions:
@@ -168,19 +170,22 @@ def time_first_token(app: Any, questions: list[tuple[str, list[str], str]]) -> d
                         row[key] = time.perf_counter() - started
             rows.append(row)
     finally:
-        settings.grounding_threshold, settings.max_tokens = threshold, MAX_TOKENS
+        settings.grounding_threshold, settings.max_tokens = threshold, tokens
     extra = [r["with"] - r["without"] for r in rows]
     return {"questions": len(rows), "without_p50_s": statistics.median(r["without"] for r in rows),
             "with_p50_s": statistics.median(r["with"] for r in rows), "extra_p50_s": statistics.median(extra),
             "extra_max_s": max(extra)}
 
 
-def score(rows_a: list[dict], rows_u: list[dict], threshold: float | None, extra_s: float) -> dict[str, float]:
-    """Rates for the current pipeline (threshold None) or the grounded one at threshold. Each row was asked with
+def score(rows_a: list[dict], rows_u: list[dict], threshold: float | None, extra_s: float,
+          key: str = "score") -> dict[str, float]:
+    """Rates for the current pipeline (threshold None) or the grounded one at threshold, held to the row's
+    key ("score": the app's groundedness; "probability": the model's yes alone). Each row was asked with
     the judgement first (never refusing), so its time is the grounded pipeline's when it answers; without the
     judgement it is extra_s (measured by time_first_token) less; a refusal costs all but the answer's own time."""
     def judged_no(row: dict) -> bool:
-        return threshold is not None and row["probability"] is not None and row["probability"] < threshold
+        value = row.get(key) if row.get(key) is not None else row["probability"]
+        return threshold is not None and value is not None and value < threshold
 
     def says_no(row: dict) -> bool:
         return judged_no(row) or refused(row["answer"])
@@ -199,11 +204,11 @@ def score(rows_a: list[dict], rows_u: list[dict], threshold: float | None, extra
 
 def run_model(model: Path, home: Path, papers: list[dict[str, Any]], split: str, per_kind: int,
               threads: int | None, n_ctx: int | None = None,
-              latency_questions: int = LATENCY_QUESTIONS) -> dict[str, Any]:
+              latency_questions: int = LATENCY_QUESTIONS, max_tokens: int = MAX_TOKENS) -> dict[str, Any]:
     from assistant.config import Settings
     from assistant.core import Assistant
 
-    settings = Settings(model_path=str(model), temperature=0.0, max_tokens=MAX_TOKENS, memory_enabled=False,
+    settings = Settings(model_path=str(model), temperature=0.0, max_tokens=max_tokens, memory_enabled=False,
                         grounding_threshold=1e-9, **({"n_threads": threads} if threads else {}),
                         **({"n_ctx": n_ctx} if n_ctx else {}))
     app = Assistant(settings=settings, home=home)
@@ -237,7 +242,11 @@ def run_model(model: Path, home: Path, papers: list[dict[str, Any]], split: str,
             "current": score(rows["a"], rows["u"], None, latency["extra_p50_s"]),
             "grounded": score(rows["a"], rows["u"], threshold if self_test else None, latency["extra_p50_s"]),
             "judging_anyway": score(rows["a"], rows["u"], threshold, latency["extra_p50_s"]),
+            "model_alone": score(rows["a"], rows["u"], threshold if self_test else None, latency["extra_p50_s"],
+                                 "probability"),
             "sweep": {str(t): score(rows["a"], rows["u"], t, latency["extra_p50_s"]) for t in SWEEP},
+            "sweep_model_alone": {str(t): score(rows["a"], rows["u"], t, latency["extra_p50_s"], "probability")
+                                  for t in SWEEP},
             "latency": latency,
             "prompt_tokens_mean": statistics.mean(r["prompt_tokens"] for r in rows["a"] + rows["u"]),
             "rows": rows,
@@ -263,11 +272,11 @@ def report(results: list[dict]) -> str:
             f"  {'pipeline':<10} {'refuses unanswerable':>21} {'answers answerable':>19} {'F1 answerable':>14} "
             f"{'s/question':>11}",
         ]
-        shown = [("current", cur), ("grounded", gr)]
+        shown = [("current", cur), ("yes alone", r["model_alone"]), ("grounded", gr)]
         if not r["self_test"]:
             shown.append(("(judging)", r["judging_anyway"]))
             lines.append("  this model fails the judgement's self-test, so the app does not judge with it: grounded = "
-                         "current; (judging) is what judging anyway would do")
+                         "yes alone = current; (judging) is what judging anyway would do")
         for name, s in shown:
             lines.append(f"  {name:<10} {s['refuse_unanswerable']:>21.0%} {s['answer_answerable']:>19.0%} "
                          f"{s['f1_answerable']:>14.3f} {s['seconds_per_question']:>11.1f}")
@@ -277,8 +286,11 @@ def report(results: list[dict]) -> str:
         lines.append(f"  judgement's extra latency, cold, to the first token ({lat['questions']} questions): "
                      f"p50 {lat['extra_p50_s']:.2f} s (max {lat['extra_max_s']:.2f} s) on "
                      f"{lat['without_p50_s']:.2f} s without it; target < {TARGETS['extra_latency_s']:.0f} s")
-        sweep = "  ".join(f"{t}: {s['refuse_unanswerable']:.0%}/{s['answer_answerable']:.0%}" for t, s in r["sweep"].items())
-        lines += [f"  sweep (threshold: refuses/answers) {sweep}", ""]
+        for name, key in (("grounded", "sweep"), ("yes alone", "sweep_model_alone")):
+            sweep = "  ".join(f"{t}: {s['refuse_unanswerable']:.0%}/{s['answer_answerable']:.0%}"
+                              for t, s in r[key].items())
+            lines.append(f"  sweep, {name} (threshold: refuses/answers) {sweep}")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -292,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-ctx", type=int, default=None, help="the model's context (default: the app's setting)")
     p.add_argument("--latency", type=int, default=LATENCY_QUESTIONS,
                    help=f"questions timed with and without the judgement (default {LATENCY_QUESTIONS}; 0: none)")
+    p.add_argument("--max-tokens", type=int, default=MAX_TOKENS,
+                   help=f"of each answer (default {MAX_TOKENS}; 1 measures the judgement alone, quickly)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--json", action="store_true")
     p.add_argument("--answers", action="store_true", help="also print every answer with its judgement")
@@ -308,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         for model in models:
             started = time.perf_counter()
             result = run_model(model, tmp / "home", papers, args.split, args.per_kind, args.threads,
-                               args.n_ctx, args.latency)
+                               args.n_ctx, args.latency, args.max_tokens)
             result["seconds"] = round(time.perf_counter() - started, 1)
             results.append(result)
             say(f"bench.rag_answers: {model.name} took {result['seconds']} s")

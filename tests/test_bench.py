@@ -136,6 +136,12 @@ def test_grounded_answer_rules_score_refusals_and_f1() -> None:
     # Without the judgement each question costs the measured extra less; a refusal costs no answer.
     assert current["seconds_per_question"] == pytest.approx(9.5)
     assert grounded["seconds_per_question"] == pytest.approx((10 + 2 + 2 + 10) / 4)
+    # The app holds its groundedness score to the threshold; the model's yes alone is scored beside it.
+    rows_u[1]["score"] = 0.4  # the model said yes, but the passages lack the question's words
+    assert ra.score(rows_a, rows_u, 0.5, extra_s=0.5)["refuse_unanswerable"] == 1.0
+    rows_u[1]["answer"] = "It is 21 days."
+    assert ra.score(rows_a, rows_u, 0.5, extra_s=0.5)["refuse_unanswerable"] == 1.0
+    assert ra.score(rows_a, rows_u, 0.5, extra_s=0.5, key="probability")["refuse_unanswerable"] == 0.5
 
 
 @pytest.mark.slow
@@ -156,7 +162,7 @@ def test_grounded_answer_benchmark_runs_on_real_questions(isolated_home) -> None
     (r,) = json.loads(result.stdout)["results"]
     assert r["answerable"] == 2 and r["unanswerable"] == 2
     assert r["self_test"] is False  # SmolLM2 cannot judge: the app answers with it as before
-    assert r["grounded"] == r["current"]
+    assert r["grounded"] == r["current"] == r["model_alone"]
     for row in r["rows"]["a"] + r["rows"]["u"]:
         assert 0.0 <= row["probability"] <= 1.0 and row["answer"]
     assert r["latency"]["questions"] == 4 and r["latency"]["extra_p50_s"] < 5

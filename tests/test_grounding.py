@@ -12,7 +12,7 @@ import pytest
 from assistant.config import Settings
 from assistant.core import GENERAL_NOTE, Assistant
 from assistant.events import Done, Judged, Sources, Support, Token
-from assistant.rag.grounding import SUPPORTED, check_passes, sentences, support
+from assistant.rag.grounding import SUPPORTED, check_passes, groundedness, question_coverage, sentences, support
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "covid_qa" / "200423_covidQA.json"
 
@@ -52,6 +52,25 @@ def test_support_tells_a_copied_claim_from_an_invented_one(paper: str) -> None:
     assert wrong.score < SUPPORTED
 
 
+def test_question_coverage_looks_for_the_question_s_own_words() -> None:
+    passages = ["Rex, our labrador, was vaccinated against rabies in March 2024 at the Oakwood clinic."]
+    coverage, missing = question_coverage("When was Rex vaccinated against rabies?", passages)
+    assert coverage == 1.0 and missing == ()
+    coverage, missing = question_coverage("How much did the rabies vaccination for Rex cost in Berlin?", passages)
+    assert missing == ("cost", "Berlin") and coverage == pytest.approx(0.6)
+    # Nothing specific to look for: asking words and stop words only.
+    assert question_coverage("Summarize the main points of this document.", passages) == (None, ())
+    assert question_coverage("What is the name of our dog?", passages) == (None, ())
+
+
+def test_groundedness_holds_a_confident_yes_to_what_the_passages_contain() -> None:
+    assert groundedness(0.8, None, 0.1) == 0.8  # a general question: the model's call alone
+    held = groundedness(0.8, 1.0, 0.6)
+    lacking = groundedness(0.8, 0.25, 0.3)
+    assert held > 0.6 > lacking  # the same yes, but the passages lack most of what was asked
+    assert groundedness(0.8, 0.5, None) == pytest.approx((0.8 + 1.5 * 0.5) / 2.5, abs=1e-3)  # keyword search: no cosine
+
+
 @pytest.fixture
 def dogs(tmp_path: Path, isolated_home: Path, default_chat: Path):
     (tmp_path / "ours").mkdir()
@@ -86,6 +105,20 @@ def test_the_model_judges_which_passages_answer(dogs: Assistant) -> None:
     assert done.completion_tokens == 0  # nothing was generated
     assert not any(isinstance(e, Support) for e in refused)
     assert done.answer == "".join(e.text for e in refused if isinstance(e, Token))
+
+
+def test_the_judgement_weighs_the_question_s_words_and_a_general_question_is_answered(dogs: Assistant) -> None:
+    specific = list(dogs.ask("Which lake does our labrador Rex swim in?", collection="ours"))
+    judged = next(e for e in specific if isinstance(e, Judged))
+    assert judged.coverage is not None and judged.similarity is not None and judged.similarity > 0.3
+    assert judged.score == groundedness(judged.probability, judged.coverage, judged.similarity)
+    assert judged.coverage == 1.0 and judged.missing == ()  # "swim" is found in "swimming"
+    # A question with nothing specific in it is not held to words it does not have.
+    general = list(dogs.ask("Tell me about our dog.", collection="ours"))
+    judged = next(e for e in general if isinstance(e, Judged))
+    assert judged.coverage is None and judged.score == judged.probability
+    assert judged.answerable and general[-1].completion_tokens > 0
+    assert not general[-1].answer.startswith("Your documents don't say")
 
 
 def test_the_judgement_reads_the_passages_once_for_the_answer_too(dogs: Assistant) -> None:
@@ -230,7 +263,7 @@ def test_unbacked_sentences_are_marked_in_the_answer_and_explained(qtbot, window
     assert body.count("⚠") == 1 and body.index("⚠") > body.index("pralines")
     assert "1 sentence of this answer" in bubble.sources_label.text()
     inspector = bubble.inspector_html()
-    assert "chocolate" in inspector and "they do (yes 90%" in inspector
+    assert "chocolate" in inspector and "they do: 90%, needed 50%" in inspector and "said yes 90%" in inspector
     assert "Answer from general knowledge" not in bubble.sources_label.text()
 
 

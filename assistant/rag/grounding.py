@@ -4,7 +4,10 @@ does each sentence of the answer say what its passages say.
 Before: the model's own judgement, read as the probability of "yes" against "no" for its next token
 after the passages and the question (one forward pass, no sampling). The prompt is the answer's own
 prompt up to the question, so the passages are read once for both: the judgement costs the few tokens
-of its question. Measured on COVID-QA by bench/rag.py (`--grounding`), against the pipeline without it.
+of its question. A small model says "yes" to passages on the right subject that lack the answer, so its
+judgement is weighed with two things it cannot talk itself past: the share of the question's own words
+that the passages hold, and the closest passage's cosine with the question (groundedness). Weights and
+threshold chosen on bench/rag_answers.py's dev split (`assistant bench rag --answers --split dev`).
 
 After: each sentence's content words found in the passages it cites (all passages when it cites none),
 prefix-matched so that "vaccines" finds "vaccine". Cheap and explainable: the inspector shows the words
@@ -25,15 +28,24 @@ NO = ("no", "No", "NO")
 # Below this many content words a sentence ("Yes.", "Here is what I found:") is not judged.
 MIN_WORDS = 3
 SUPPORTED = 0.5  # at least this share of a sentence's content words found in its passages
+# groundedness = (probability + COVERAGE_WEIGHT * coverage + SIMILARITY_WEIGHT * similarity) / their weights.
+COVERAGE_WEIGHT = 1.5
+SIMILARITY_WEIGHT = 2.0
 
 STOP_WORDS = frozenset("""
 a about above after again against all also am an and any are aren't as at be because been before being below
 between both but by can cannot could did do does doing down during each few for from further had has have
 having he her here hers herself him himself his how however i if in into is it its itself just let me more most
-my myself no nor not of off on once only or other ought our ours ourselves out over own same she should so some
+many much my myself no nor not of off on once only or other ought our ours ourselves out over own same she should so some
 such than that the their theirs them themselves then there these they this those through to too under until up
 very was we were what when where which while who whom why will with would you your yours yourself yourselves
 according answer based document documents given mentioned passage passages question says stated text
+""".split())
+# Words that ask for something rather than name it: a question made only of them ("Summarize the main points")
+# has nothing specific for the passages to hold, and is judged by the model alone.
+ASKING_WORDS = frozenset("""
+brief briefly compare describe detail details explain find give important key list main overview please point
+points show summarise summarize summary tell
 """.split())
 
 
@@ -120,14 +132,43 @@ def _key(word: str) -> str:
     return word[:5] if len(word) > 5 and not word.isdigit() else word
 
 
+def _pool(texts: Sequence[str]) -> set[str]:
+    """The passages' word keys, and each longer key's first four letters, so that "swim" finds "swimming"."""
+    keys = {_key(w) for t in texts for w in _WORD.findall(t)}
+    return keys | {k[:4] for k in keys if len(k) > 4 and not k.isdigit()}
+
+
 def content_words(text: str) -> list[str]:
     words = (w for w in _WORD.findall(_CITE.sub(" ", text)))
     return [w for w in words if w.lower() not in STOP_WORDS and (len(w) > 2 or w.isdigit())]
 
 
+def question_coverage(question: str, texts: Sequence[str]) -> tuple[float | None, tuple[str, ...]]:
+    """The share of the question's own words (prefix-matched) that the passages hold, and the ones they lack;
+    None when the question names fewer than MIN_WORDS things to look for."""
+    words = list(dict.fromkeys(w for w in content_words(question) if w.lower() not in ASKING_WORDS))
+    if len(words) < MIN_WORDS:
+        return None, ()
+    pool = _pool(texts)
+    missing = tuple(w for w in words if _key(w) not in pool)
+    return round(1 - len(missing) / len(words), 3), missing
+
+
+def groundedness(probability: float, coverage: float | None, similarity: float | None) -> float:
+    """How sure the app is that the passages answer the question: the model's yes weighed with the question's
+    coverage and the closest passage's similarity. A question without specific words is the model's call alone
+    (its passages are found by meaning, and a general question is far from all of them)."""
+    if coverage is None:
+        return round(probability, 3)
+    parts = [(1.0, probability), (COVERAGE_WEIGHT, coverage)]
+    if similarity is not None:
+        parts.append((SIMILARITY_WEIGHT, max(0.0, similarity)))
+    return round(sum(w * v for w, v in parts) / sum(w for w, _ in parts), 3)
+
+
 def support(answer: str, texts: Sequence[str]) -> list[SentenceSupport]:
     """Each sentence of answer with the share of its content words that the passages it cites contain."""
-    keys = [{_key(w) for w in _WORD.findall(t)} for t in texts]
+    keys = [_pool([t]) for t in texts]
     everything = set().union(*keys) if keys else set()
     out = []
     for sentence in sentences(answer):

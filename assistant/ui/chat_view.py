@@ -26,6 +26,22 @@ from assistant.viewer import open_at_page
 ROLE_NAMES = {"user": "You", "assistant": "Assistant", "notice": "Note", "error": "Problem"}
 
 
+
+def judged_html(judged: dict) -> str:
+    """The inspector's account of "do these passages answer the question?": the verdict and what it was made of."""
+    verdict = "they do" if judged["answerable"] else "they do not, so no answer was written from them"
+    score = judged.get("score", judged["probability"])
+    parts = [f"the model said yes {judged['probability']:.0%}"]
+    if judged.get("coverage") is not None:
+        words = f"{judged['coverage']:.0%} of the question's words are in them"
+        if judged.get("missing"):
+            words += " (not: " + html.escape(", ".join(judged["missing"][:8])) + ")"
+        parts.append(words)
+        if judged.get("similarity") is not None:
+            parts.append(f"the closest is {judged['similarity']:.2f} similar to it")
+    return (f"<p><b>Do these passages answer the question?</b> {verdict}: {score:.0%}, needed "
+            f"{judged['threshold']:.0%}. Asked before answering, {'; '.join(parts)}.</p>")
+
 class MessageBubble(QFrame):
     editRequested = Signal(object)  # the bubble
     wholeRequested = Signal(str)  # answer again from the whole of this file
@@ -303,9 +319,7 @@ class MessageBubble(QFrame):
         if self.judged is not None and not self.sources:
             judged = "<p>No passage was about the question, so the model was not asked to answer from them.</p>"
         elif self.judged is not None:
-            verdict = "they do" if self.judged["answerable"] else "they do not, so no answer was written from them"
-            judged = (f"<p><b>Do these passages answer the question?</b> The model, asked before answering: "
-                      f"{verdict} (yes {self.judged['probability']:.0%}, needed {self.judged['threshold']:.0%}).</p>")
+            judged = judged_html(self.judged)
         support = ""
         if self.support:
             lines = []
@@ -468,7 +482,7 @@ class ChatView(QScrollArea):
 
     def set_judged(self, event) -> None:
         """The Judged event of the answer being written (do its passages answer the question?)."""
-        self._judged = {"probability": event.probability, "threshold": event.threshold, "answerable": event.answerable}
+        self._judged = event.as_dict()
 
     def set_support(self, event) -> None:
         """The Support event of the answer being written: each sentence against its passages."""

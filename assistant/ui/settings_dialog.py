@@ -119,8 +119,9 @@ class SettingsDialog(QDialog):
         form.addRow("Surrounding chunks", self.passage_neighbours)
         self.grounding_threshold = _dspin(0.0, 0.95, settings.grounding_threshold, 0.05)
         self.grounding_threshold.setToolTip(
-            "Before answering from documents, the model says whether the passages answer the question; below this "
-            "share of 'yes' the app says your documents don't say. 0 turns the check off. Models too small to "
+            "Before answering from documents, the model says whether the passages answer the question; its 'yes', "
+            "weighed with how many of the question's words the passages hold and how close the best one is, must "
+            "reach this, or the app says your documents don't say. 0 turns the check off. Models too small to "
             "judge (found by a short self-test) are never asked.")
         form.addRow("Say \"not in your documents\" below", self.grounding_threshold)
         self.watch_folders = QCheckBox("Watch added folders and re-index what changes")
