@@ -125,7 +125,7 @@ class Settings:
     # Before a document answer the model judges whether the passages answer the question; below this
     # groundedness (its "yes" weighed with the question's coverage and similarity: rag/grounding.py) the app
     # says the documents don't say (bench/rag_answers.py's dev split chose it). 0 turns it off.
-    grounding_threshold: float = 0.6
+    grounding_threshold: float = 0.62
     passage_neighbours: int = 1  # chunks either side of each passage given to the model, while they fit
     watch_folders: bool = True  # re-walk added folders every 30 s while the app runs
     speech_model: str = "tiny.en"  # tiny.en | base (multilingual) | a CTranslate2 Whisper folder
